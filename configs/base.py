@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.tokenizer = "char"    # char (built from the task alphabet) | path to a tokenizer.json
+  c.task.val_size = 500        # validation problems for tuning (countdown: from the training
+                               # distribution, disjoint from training and held-out)
+  c.task.val_file = ""         # math: validation records as JSONL (needed only to tune on them)
   c.data.seq_len = 80          # prompt + answer + EOS padding, per training row
   c.data.prompt_len = 36       # left-padded prompt width for sampling/evaluation
   c.data.batch_size = 64       # global batch per optimiser step (all processes, all micro-batches)
@@ -122,6 +125,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.filter = "none"         # none | over_denoising (keep prompts with right-then-wrong greedy)
   c.rl.filter_pool_size = 512  # training prompts scanned by the filter each refresh
   c.rl.filter_refresh_updates = 50
+  c.rl.prompt_source = "train"  # train (the SFT problems) | fresh (countdown: problems disjoint
+                                # from training, validation and held-out; rollouts never repeat
+                                # an answer SFT taught)
+  c.rl.fresh_size = 2000       # fresh prompts generated when rl.prompt_source = "fresh"
   c.rl.reward_workers = 0      # verifier processes (0 = inline: cheap verifiers, no time limit)
   c.rl.reward_timeout_s = 5.0
 

@@ -14,6 +14,7 @@ command resumes).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from configs import countdown_tiny_diffu_grpo, countdown_tiny_mdpo, countdown_tiny_sft
 from mdpo_jax import parallel
@@ -31,6 +33,17 @@ from mdpo_jax.data import pipeline
 from mdpo_jax.rl import trainer as rl_trainer
 from mdpo_jax.training import evaluation, loop, setup, task_data
 
+_SFT_CONFIG = config_flags.DEFINE_config_file(
+    "sft_config", countdown_tiny_sft.__file__, "SFT recipe; override keys as "
+    "--sft_config.optim.lr=1e-3 (also the control's recipe).")
+_MDPO_CONFIG = config_flags.DEFINE_config_file(
+    "mdpo_config", countdown_tiny_mdpo.__file__, "MDPO recipe (--mdpo_config.rl.group_size=32 ...).")
+_GRPO_CONFIG = config_flags.DEFINE_config_file(
+    "grpo_config", countdown_tiny_diffu_grpo.__file__, "diffu-GRPO recipe.")
+_EVAL_SPLIT = flags.DEFINE_enum(
+    "eval_split", "held_out", ["held_out", "validation"], "Problems the table is measured on: "
+    "held_out (the result) or validation (from the training distribution, disjoint from both: "
+    "what tuning may look at).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs, rows and the table go.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Seeds (each: SFT, MDPO, diffu-GRPO, control).")
 _SFT_STEPS = flags.DEFINE_integer("sft_steps", None, "Override the SFT recipe's steps.")
@@ -49,12 +62,13 @@ _PARALLEL = flags.DEFINE_boolean(
 
 
 def _configs(seed: int):
-  sft = countdown_tiny_sft.get_config()
-  mdpo = countdown_tiny_mdpo.get_config()
-  grpo = countdown_tiny_diffu_grpo.get_config()
+  sft, mdpo, grpo = (copy.deepcopy(f.value) for f in (_SFT_CONFIG, _MDPO_CONFIG, _GRPO_CONFIG))
   for c in (sft, mdpo, grpo):
     c.seed = seed
-    c.task.eval_size = max(c.task.eval_size, _EVAL.value)
+    if _EVAL_SPLIT.value == "validation":
+      c.task.val_size = max(c.task.val_size, _EVAL.value)
+    else:
+      c.task.eval_size = max(c.task.eval_size, _EVAL.value)
     # The runs' own end-of-run evaluation is a quick sanity check; the table's is `_evaluate`.
     c.eval.num_problems, c.eval.steps, c.eval.remasking = 50, (12,), ("low_confidence",)
     c.eval.trajectory_stats = False
@@ -67,13 +81,15 @@ def _configs(seed: int):
 
 
 def _evaluate(seed: int, checkpoint_dir: Path, rl_temperature: float) -> list[dict]:
-  """Held-out accuracy of a checkpoint (the seed's held-out split, disjoint from its training)."""
+  """Accuracy of a checkpoint on the seed's held-out (or validation) problems."""
   config = _configs(seed)[0]
   config.model.init_checkpoint = str(checkpoint_dir)
   mesh = parallel.mesh_from_config(config.mesh)
   tokenizer = setup.make_tokenizer(config)
   model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(0))
-  _, held_out = task_data.splits(config)
+  train, held_out = task_data.splits(config)
+  if _EVAL_SPLIT.value == "validation":
+    held_out = task_data.validation_split(config, train, held_out)
   problems = held_out[: _EVAL.value]
   prompts, mask = pipeline.eval_prompts([task_data.prompt_text(config, p) for p in problems],
                                         tokenizer, prompt_len=config.data.prompt_len,
@@ -158,11 +174,7 @@ def check_phases(phases: list[str]) -> list[str]:
 def _train_control(seed: int, out: Path, minutes: float):
   """The continued-SFT control: the SFT recipe from its checkpoint, for `minutes` of training."""
   sft_ckpt = out / "sft" / "checkpoints"
-  control = countdown_tiny_sft.get_config()
-  control.seed = seed
-  control.task.eval_size = max(control.task.eval_size, _EVAL.value)
-  control.eval.num_problems, control.eval.steps, control.eval.remasking = 50, (12,), ("rcr",)
-  control.eval.trajectory_stats = False
+  control = _configs(seed)[0]
   control.model.init_checkpoint = str(sft_ckpt)
   control.optim.lr = _CONTROL_LR.value
   control.optim.schedule, control.optim.warmup_steps = "constant", 0
@@ -202,7 +214,7 @@ def table(results: dict[int, dict], seeds: list[int]) -> str:
 def _settings_line(mdpo, grpo, phases: list[str]) -> str:
   parts = [f"MDPO: {mdpo.rl.num_updates} updates, {mdpo.rl.prompts_per_update} prompts × G="
            f"{mdpo.rl.group_size}, top-{mdpo.rl.top_k} steps, T={mdpo.rl.temperature}, lr "
-           f"{mdpo.optim.lr}"]
+           f"{mdpo.optim.lr}, prompts from {mdpo.rl.prompt_source}"]
   if "diffu_grpo" in phases:
     parts.append(f"diffu-GRPO: {grpo.rl.num_updates} rollout batches × {grpo.rl.inner_iters} "
                  "inner updates")
@@ -243,7 +255,8 @@ def main(argv):
   results = {s: run_seed(root, s) for s in seeds}  # cached phases: only reads results
   sft, mdpo, grpo = _configs(seeds[0])
   lines = [
-      f"Seeds {seeds}; {_EVAL.value} held-out problems per seed (pooled: "
+      f"Seeds {seeds}; {_EVAL.value} {_EVAL_SPLIT.value.replace('_', '-')} problems per seed "
+      f"(pooled: "
       f"{_EVAL.value * len(seeds)}); 3 numbers in {sft.task.number_min}–{sft.task.number_max}, "
       f"targets ≤ {sft.task.target_max} (task.target_sampling={sft.task.target_sampling}); "
       f"answer style {sft.task.answer_style}; gen_length "

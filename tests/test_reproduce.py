@@ -1,6 +1,10 @@
 """The reproduction table pools seeds correctly (counts, Wilson intervals, over-denoising)."""
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +41,36 @@ def test_phases_are_validated():
     reproduce.check_phases(["mdpo", "grpo"])
   with pytest.raises(ValueError, match="control.*needs mdpo"):
     reproduce.check_phases(["control"])
+
+
+def test_recipe_overrides_and_validation_split_reach_every_run():
+  # config_flags defines its override flags from sys.argv when the module is imported, as on
+  # the command line, so the flags are parsed in a fresh interpreter.
+  argv = ["reproduce", "--workdir=/tmp/x", "--mdpo_config.optim.lr=0.0003",
+          "--mdpo_config.rl.prompt_source=fresh", "--sft_config.optim.lr=0.001",
+          "--eval_split=validation", "--eval_problems=700", "--rl_updates=40"]
+  script = (
+      "import json, sys\n"
+      f"sys.argv = {argv!r}\n"
+      "from absl import flags\n"
+      "from mdpo_jax import reproduce\n"
+      "flags.FLAGS(sys.argv)\n"
+      "sft, mdpo, grpo = reproduce._configs(3)\n"
+      "mdpo.optim.lr = -1.0\n"  # edits of one run's copy must not reach the next call's
+      "again = reproduce._configs(3)[1]\n"
+      "print(json.dumps([c.to_dict() for c in (sft, again, grpo)], default=str))\n")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=Path(__file__).parents[1], check=True).stdout
+  sft, mdpo, grpo = json.loads(out.strip().splitlines()[-1])
+  assert (sft["seed"], mdpo["seed"], grpo["seed"]) == (3, 3, 3)
+  assert mdpo["optim"]["lr"] == 3e-4 and mdpo["rl"]["prompt_source"] == "fresh"
+  assert sft["optim"]["lr"] == 1e-3
+  assert mdpo["rl"]["num_updates"] == 40
+  assert grpo["rl"]["num_updates"] == 40 // grpo["rl"]["inner_iters"]
+  # The validation split grows to the evaluated size in every run, so RL's fresh prompts
+  # (generated after it) never include a problem the table is measured on.
+  assert sft["task"]["val_size"] == mdpo["task"]["val_size"] == grpo["task"]["val_size"] == 700
+  bad = subprocess.run([sys.executable, "-m", "mdpo_jax.reproduce", "--workdir=/tmp/x",
+                        "--eval_split=test"], capture_output=True, text=True,
+                       cwd=Path(__file__).parents[1])
+  assert bad.returncode != 0 and "eval_split" in bad.stderr and "validation" in bad.stderr

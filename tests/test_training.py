@@ -179,3 +179,54 @@ def test_countdown_task_keys_are_validated(key, value):
     task_data.splits(c)
   with pytest.raises(ValueError, match=f"task.{key}='{value}': allowed"):
     task_data.sft_examples(c, [])
+
+
+def _key(p):
+  return tuple(sorted(p.numbers)), p.target
+
+
+def test_validation_and_fresh_rl_prompts_are_disjoint_from_every_other_split():
+  from mdpo_jax.tasks import countdown
+  from mdpo_jax.training import task_data
+  c = base.get_config()
+  c.task.train_size, c.task.eval_size, c.task.val_size = 300, 60, 60
+  c.rl.fresh_size = 120
+  train, held = task_data.splits(c)
+  val = task_data.validation_split(c)
+  assert val == task_data.validation_split(c, train, held)  # deterministic, either way called
+  assert task_data.rl_problems(c, train, held) == train     # default source: the SFT problems
+  c.rl.prompt_source = "fresh"
+  fresh = task_data.rl_problems(c, train, held)
+  splits = {"train": train, "held": held, "val": val, "fresh": fresh}
+  sizes = {"train": 300, "held": 60, "val": 60, "fresh": 120}
+  for name, problems in splits.items():
+    keys = {_key(p) for p in problems}
+    assert len(keys) == sizes[name], name           # right size, no duplicates within a split
+    for other, others in splits.items():
+      if other != name:
+        assert keys.isdisjoint(_key(p) for p in others), (name, other)
+  # Same distribution as training: 3 numbers in range, a checked solution reaching the target.
+  for p in val + fresh:
+    assert len(p.numbers) == 3 and all(1 <= x <= 20 for x in p.numbers) and 1 <= p.target <= 100
+    assert countdown.reward(f"\\boxed{{{p.solution}}}", p.numbers, p.target) == 1.0
+
+
+def test_split_options_are_validated():
+  from mdpo_jax.training import task_data
+  c = base.get_config()
+  c.task.train_size, c.task.eval_size, c.task.val_size = 20, 5, 5
+  c.task.number_max, c.task.target_max = 4, 12   # a small problem space, exhausted quickly
+  train, held = task_data.splits(c)
+  c.rl.prompt_source = "heldout"
+  with pytest.raises(ValueError, match="rl.prompt_source='heldout': allowed"):
+    task_data.rl_problems(c, train, held)
+  c.rl.prompt_source, c.rl.fresh_size = "fresh", 200
+  with pytest.raises(ValueError, match="rl.fresh_size=200: not enough problems"):
+    task_data.rl_problems(c, train, held)
+  m = base.get_config()
+  m.task.name = "math"
+  with pytest.raises(ValueError, match="task.val_file=''"):
+    task_data.validation_split(m, [], [])
+  m.rl.prompt_source = "fresh"
+  with pytest.raises(ValueError, match="needs a procedural task.*'math'"):
+    task_data.rl_problems(m, [], [])

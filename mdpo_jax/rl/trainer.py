@@ -54,6 +54,8 @@ def validate(config) -> None:
   evaluation.validate_config(config)
   if rl.filter not in FILTERS:
     raise ValueError(f"rl.filter={rl.filter!r}: allowed {FILTERS}")
+  if rl.prompt_source not in task_data.PROMPT_SOURCES:
+    raise ValueError(f"rl.prompt_source={rl.prompt_source!r}: allowed {task_data.PROMPT_SOURCES}")
   for block in evaluation.config_list(rl.block_lengths):
     SamplerConfig(gen_length=rl.gen_length, block_length=int(block), steps=rl.steps)
   if config.trainer == "mdpo" and rl.top_k > rl.steps:
@@ -117,7 +119,9 @@ def train(config, workdir: str | Path) -> dict:
   shardings = parallel.tree_shardings(state, mesh)
   state = jax.device_put(state, shardings)
 
-  train_problems, held_out = task_data.splits(config)
+  sft_problems, held_out = task_data.splits(config)
+  train_problems = task_data.rl_problems(config, sft_problems, held_out)
+  logging.info("RL prompts: %d (rl.prompt_source=%s)", len(train_problems), rl.prompt_source)
   prompts_all, pmask_all = pipeline.eval_prompts(
       [task_data.prompt_text(config, p) for p in train_problems], tokenizer,
       prompt_len=config.data.prompt_len, pad_id=model_cfg.pad_token_id)

@@ -2,6 +2,8 @@
 
 countdown: procedural; the held-out split is generated with another seed, excluding every
   training problem (up to the order of the numbers), so evaluation never sees a training problem.
+  A validation split (for tuning) and RL's fresh prompts come from further seeds, each disjoint
+  from every split before it.
 math: MATH-style JSONL files the user provides (`task.train_file`, `task.eval_file`; records with
   "problem" and "answer" or a boxed "solution"), scored with math-verify under a time limit.
 """
@@ -14,6 +16,9 @@ from mdpo_jax.tasks import countdown
 from mdpo_jax.tasks import math as math_task
 
 TASKS = ("countdown", "math")
+PROMPT_SOURCES = ("train", "fresh")
+# Seed offsets of the procedural splits (the training split uses `config.seed` itself).
+_HELD_OUT_SEED, _VALIDATION_SEED, _FRESH_SEED = 1_000_003, 2_000_003, 3_000_017
 
 
 def _countdown_kwargs(task) -> dict:
@@ -38,15 +43,55 @@ def splits(config) -> tuple[list, list]:
     train = math_task.load_jsonl(task.train_file)[: task.train_size]
     held = math_task.load_jsonl(task.eval_file)[: task.eval_size]
     return train, held
-  kwargs = _countdown_kwargs(task)
-  train = countdown.generate_problems(task.train_size, seed=config.seed, **kwargs)
-  try:
-    held = countdown.generate_problems(task.eval_size, seed=config.seed + 1_000_003,
-                                       exclude=train, **kwargs)
-  except ValueError as e:
-    raise ValueError(f"task.eval_size={task.eval_size}: not enough problems disjoint from the "
-                     f"training split ({e}); widen the number/target ranges") from e
+  train = _countdown(task, "train_size", config.seed, ())
+  held = _countdown(task, "eval_size", config.seed + _HELD_OUT_SEED, train)
   return train, held
+
+
+def validation_split(config, train: Sequence | None = None,
+                     held_out: Sequence | None = None) -> list:
+  """Problems to tune on (`task.val_size`): the training distribution, never trained on and
+  disjoint from the held-out split, so choices made on them leave the held-out numbers honest.
+  `train`/`held_out` are `splits(config)` when already at hand."""
+  task = config.task
+  if task.name == "math":
+    if not task.val_file:
+      raise ValueError("task.val_file='': tuning on math needs validation records (JSONL, "
+                       "disjoint from task.eval_file)")
+    return math_task.load_jsonl(task.val_file)[: task.val_size]
+  if train is None or held_out is None:
+    train, held_out = splits(config)
+  return _countdown(task, "val_size", config.seed + _VALIDATION_SEED, [*train, *held_out])
+
+
+def rl_problems(config, train: Sequence, held_out: Sequence) -> list:
+  """The prompts RL samples from (`rl.prompt_source`): the SFT training problems, or fresh
+  Countdown problems disjoint from training, validation and held-out (`rl.fresh_size`)."""
+  source = config.rl.prompt_source
+  if source not in PROMPT_SOURCES:
+    raise ValueError(f"rl.prompt_source={source!r}: allowed {PROMPT_SOURCES}")
+  if source == "train":
+    return list(train)
+  if config.task.name != "countdown":
+    raise ValueError(f"rl.prompt_source='fresh' needs a procedural task (task.name='countdown'), "
+                     f"got task.name={config.task.name!r}")
+  val = validation_split(config, train, held_out)
+  return _countdown(config.task, "fresh_size", config.seed + _FRESH_SEED,
+                    [*train, *held_out, *val], size=config.rl.fresh_size, field="rl.fresh_size")
+
+
+def _countdown(task, size_key: str, seed: int, exclude: Sequence, *, size: int | None = None,
+               field: str | None = None) -> list:
+  """`task[size_key]` (or `size`) Countdown problems for `seed`, none equal to one in `exclude`."""
+  n = task[size_key] if size is None else size
+  field = field or f"task.{size_key}"
+  try:
+    return countdown.generate_problems(n, seed=seed, exclude=exclude, **_countdown_kwargs(task))
+  except ValueError as e:
+    if not exclude:
+      raise ValueError(f"{field}={n}: {e}") from e
+    raise ValueError(f"{field}={n}: not enough problems disjoint from the other splits ({e}); "
+                     "widen the number/target ranges or lower the size") from e
 
 
 def prompt_text(config, problem) -> str:
