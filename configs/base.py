@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat = "none"       # none | full | save_dots
   c.model.scan_layers = True
   c.model.honor_padding = True
+  c.model.lora_rank = 0        # > 0: train LoRA adapters of this rank (qwix) on frozen base weights
+  c.model.lora_alpha = 16.0    # adapter scale alpha / rank
+  c.model.lora_targets = "q_proj,k_proj,v_proj,attn_out,ff_proj,up_proj,ff_out"  # any subset
 
   # ---- parallelism -------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()

@@ -269,21 +269,49 @@ def attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, key_mask_BxL, impl: str):
   return jnp.einsum("bhqk,bkhe->bqhe", probs_BxHxLxL, v_BxLxKxE)
 
 
-def block(config: LLaDAConfig, layer: Params, x_BxLxD, cos_BxLxE, sin_BxLxE, key_mask_BxL):
-  """One pre-norm residual block: x += Attn(attn_norm(x)); x += MLP(ff_norm(x))."""
+# The seven weight projections of a block: einsum equation (input, weight -> output) per weight.
+# LoRA (`mdpo_jax.models.lora`) adapts any subset of them through the `projector` hook below.
+PROJECTIONS: dict[str, str] = {
+    "q_proj": "bld,dhe->blhe",
+    "k_proj": "bld,dke->blke",
+    "v_proj": "bld,dke->blke",
+    "attn_out": "blhe,hed->bld",
+    "ff_proj": "bld,df->blf",
+    "up_proj": "bld,df->blf",
+    "ff_out": "blf,fd->bld",
+}
+
+# projector(weights, layer_adapters) -> project(name, x): how a block applies its projections.
+Projector = Callable[[Mapping[str, Any], Any], Callable[[str, Any], Any]]
+
+
+def plain_projector(w: Mapping[str, Any], adapters=None) -> Callable[[str, Any], Any]:
+  """project(name, x) = einsum(PROJECTIONS[name], x, w[name]): the model without adapters."""
+  del adapters
+  return lambda name, x: jnp.einsum(PROJECTIONS[name], x, w[name])
+
+
+def block(config: LLaDAConfig, layer: Params, x_BxLxD, cos_BxLxE, sin_BxLxE, key_mask_BxL,
+          adapters=None, projector: Projector | None = None):
+  """One pre-norm residual block: x += Attn(attn_norm(x)); x += MLP(ff_norm(x)).
+
+  `projector` (default `plain_projector`) builds the function that applies the seven weight
+  projections from this layer's (compute-dtype) weights and its slice of `adapters`.
+  """
   dt = x_BxLxD.dtype
   w = {name: value.astype(dt) for name, value in layer.items()}
+  project = (projector or plain_projector)(w, adapters)
   h = rms_norm(x_BxLxD, w["attn_norm"], config.rms_norm_eps)
-  q = jnp.einsum("bld,dhe->blhe", h, w["q_proj"])
-  k = jnp.einsum("bld,dke->blke", h, w["k_proj"])
-  v = jnp.einsum("bld,dke->blke", h, w["v_proj"])
+  q = project("q_proj", h)
+  k = project("k_proj", h)
+  v = project("v_proj", h)
   q, k = apply_rope(q, cos_BxLxE, sin_BxLxE), apply_rope(k, cos_BxLxE, sin_BxLxE)
   o_BxLxHxE = attention(q, k, v, key_mask_BxL, config.attention_impl)
-  x_BxLxD = x_BxLxD + jnp.einsum("blhe,hed->bld", o_BxLxHxE, w["attn_out"])
+  x_BxLxD = x_BxLxD + project("attn_out", o_BxLxHxE)
   h = rms_norm(x_BxLxD, w["ff_norm"], config.rms_norm_eps)
-  gate_BxLxF = jnp.einsum("bld,df->blf", h, w["ff_proj"])
-  up_BxLxF = jnp.einsum("bld,df->blf", h, w["up_proj"])
-  return x_BxLxD + jnp.einsum("blf,fd->bld", jax.nn.silu(gate_BxLxF) * up_BxLxF, w["ff_out"])
+  gate_BxLxF = project("ff_proj", h)
+  up_BxLxF = project("up_proj", h)
+  return x_BxLxD + project("ff_out", jax.nn.silu(gate_BxLxF) * up_BxLxF)
 
 
 def positions_from_mask(attention_mask_BxL):
@@ -292,13 +320,16 @@ def positions_from_mask(attention_mask_BxL):
 
 
 def forward(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=None,
-            positions=None):
+            positions=None, adapters=None, projector: Projector | None = None):
   """Logits [B, L, V] for every position (no causal mask: the model is bidirectional).
 
   With `config.honor_padding` (default) keys where `attention_mask == 0` are never attended to and
   positions restart at each row's first real token, so a left-padded row gives the logits of the
   unpadded row. With `honor_padding=False` the mask is ignored and positions are 0..L−1, as in the
   original checkpoint code. Explicit `positions` override both.
+
+  `adapters` (a pytree whose leaves are stacked along the `layers` axis like `params["blocks"]`)
+  and `projector` are the LoRA hook (`mdpo_jax.models.lora.forward`); both None: the plain model.
   """
   _, length = tokens_BxL.shape
   dt = jnp.dtype(config.dtype)
@@ -314,8 +345,9 @@ def forward(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=N
 
   x_BxLxD = jnp.take(params["wte"], tokens_BxL, axis=0).astype(dt)
 
-  def apply_block(x, layer):
-    return block(config, layer, x, cos_BxLxE, sin_BxLxE, key_mask_BxL)
+  def apply_block(x, layer_and_adapters):
+    layer, layer_adapters = layer_and_adapters
+    return block(config, layer, x, cos_BxLxE, sin_BxLxE, key_mask_BxL, layer_adapters, projector)
 
   if config.remat == "full":
     apply_block = jax.checkpoint(apply_block)
@@ -323,12 +355,12 @@ def forward(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=N
     apply_block = jax.checkpoint(
         apply_block, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
 
-  blocks = params["blocks"]
+  per_layer = (params["blocks"], adapters)
   if config.scan_layers:
-    x_BxLxD, _ = jax.lax.scan(lambda x, layer: (apply_block(x, layer), None), x_BxLxD, blocks)
+    x_BxLxD, _ = jax.lax.scan(lambda x, layer: (apply_block(x, layer), None), x_BxLxD, per_layer)
   else:
     for i in range(config.n_layers):
-      x_BxLxD = apply_block(x_BxLxD, jax.tree.map(lambda a, i=i: a[i], blocks))
+      x_BxLxD = apply_block(x_BxLxD, jax.tree.map(lambda a, i=i: a[i], per_layer))
 
   x_BxLxD = rms_norm(x_BxLxD, params["ln_f"], config.rms_norm_eps)
   if config.tie_embeddings:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from mdpo_jax import parallel
 from mdpo_jax.data import pipeline
 from mdpo_jax.diffusion import losses
-from mdpo_jax.models import llada
+from mdpo_jax.models import llada, lora
 from mdpo_jax.training import checkpoint, evaluation, metrics, optim, setup, state as state_lib
 from mdpo_jax.training import task_data
 
@@ -38,11 +38,16 @@ def _micro_batches(batch, accum: int):
 
 def make_train_step(trainer: str, model_cfg: llada.LLaDAConfig,
                     optimizer: optax.GradientTransformation, schedule, *, accum: int,
-                    mask_eps: float):
-  """state, batch → state, metrics: `accum` micro-batches (lax.scan), one optimiser update."""
-  fwd = llada.forward_fn(model_cfg)
+                    mask_eps: float, lora_cfg: lora.LoraConfig | None = None):
+  """state, batch[, base] → state, metrics: `accum` micro-batches (lax.scan), one optimiser update.
 
-  def loss_fn(params, batch, rng):
+  With `lora_cfg`, `state.params` are the LoRA adapters (the only trainable pytree) and `base`
+  is the frozen base params: an argument of the step, never differentiated or updated.
+  """
+
+  def loss_fn(params, batch, rng, base):
+    fwd = (llada.forward_fn(model_cfg) if lora_cfg is None
+           else lora.forward_fn(model_cfg, lora_cfg, base))
     if trainer == "sft":
       return losses.sft_loss(fwd, params, batch["tokens"], batch["prompt_mask"], rng,
                              mask_id=model_cfg.mask_token_id, eps=mask_eps,
@@ -53,14 +58,14 @@ def make_train_step(trainer: str, model_cfg: llada.LLaDAConfig,
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def step(state: state_lib.TrainState, batch):
+  def step(state: state_lib.TrainState, batch, base=None):
     rng = state.step_key()
     if accum == 1:
-      (loss, aux), grads = grad_fn(state.params, batch, rng)
+      (loss, aux), grads = grad_fn(state.params, batch, rng, base)
     else:
       def body(carry, xs):
         i, micro = xs
-        (loss_i, aux_i), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
+        (loss_i, aux_i), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i), base)
         return jax.tree.map(jnp.add, carry, g), (loss_i, aux_i)
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       grads, (losses_a, aux_a) = jax.lax.scan(
@@ -74,6 +79,14 @@ def make_train_step(trainer: str, model_cfg: llada.LLaDAConfig,
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
   return step
+
+
+def _adapter_shardings(model_cfg, lora_cfg, mesh):
+  axes = lora.adapter_logical_axes(model_cfg, lora_cfg)
+  return jax.tree.map(
+      lambda ax, x: jax.sharding.NamedSharding(
+          mesh, parallel.logical_to_spec(ax, x.shape, mesh=mesh)),
+      axes, lora.abstract_adapters(model_cfg, lora_cfg), is_leaf=lambda x: isinstance(x, tuple))
 
 
 def _batch_to_device(batch, mesh):
@@ -151,7 +164,19 @@ def train(config, workdir: str | Path) -> dict:
   workdir = Path(workdir)
   mesh = parallel.mesh_from_config(config.mesh)
   tokenizer = setup.make_tokenizer(config)
-  model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(config.seed))
+  model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(config.seed),
+                                       lora_supported=True)
+  lora_cfg = setup.lora_config(config, model_cfg)
+  base = None
+  if lora_cfg is not None:   # train adapters only; the loaded params become the frozen base
+    base = params
+    params = jax.device_put(
+        lora.init_adapters(model_cfg, lora_cfg, jax.random.fold_in(jax.random.key(config.seed), 1)),
+        _adapter_shardings(model_cfg, lora_cfg, mesh))
+    logging.info("LoRA rank %d on %s: %d trainable parameters", lora_cfg.rank,
+                 ",".join(lora_cfg.targets), lora.num_adapter_params(model_cfg, lora_cfg))
+  full_params = (lambda p: p) if lora_cfg is None else (
+      lambda p: jax.jit(lora.merge, static_argnums=0)(lora_cfg, base, p))
   num_steps = config.train.num_steps
   schedule = optim.learning_rate_schedule(config.optim, num_steps)
   optimizer = optim.make_optimizer(config.optim, num_steps)
@@ -174,7 +199,7 @@ def train(config, workdir: str | Path) -> dict:
 
   step_fn = jax.jit(make_train_step(config.trainer, model_cfg, optimizer, schedule,
                                     accum=config.optim.grad_accum_steps,
-                                    mask_eps=config.optim.mask_eps),
+                                    mask_eps=config.optim.mask_eps, lora_cfg=lora_cfg),
                     donate_argnums=0, out_shardings=(shardings, None))
   writer = metrics.MetricWriter(workdir, tensorboard=config.logging.tensorboard,
                                 wandb=config.logging.wandb,
@@ -187,7 +212,7 @@ def train(config, workdir: str | Path) -> dict:
   step = start_step
   while step < num_steps:
     batch = _batch_to_device(next(data_iter), mesh)
-    state, out = step_fn(state, batch)
+    state, out = step_fn(state, batch, base)
     step += 1
     history.append(out)
     bar.update(1)
@@ -201,17 +226,20 @@ def train(config, workdir: str | Path) -> dict:
       ckpt.save(step, state, data_iter, config_json, force=True)
     if (config.train.eval_every and step % config.train.eval_every == 0
         and step != num_steps and held_out):
-      rows = run_eval(config, model_cfg, state.params, tokenizer, held_out)
+      rows = run_eval(config, model_cfg, full_params(state.params), tokenizer, held_out)
       writer.write(step, {f"eval/{r['setting']}/accuracy": r["accuracy"] for r in rows})
     if timed_out:
       logging.warning("train.max_minutes=%s reached at step %d", config.train.max_minutes, step)
       break
   bar.close()
   ckpt.close()
-  result = {"step": step, "loss": last.get("loss"), "eval": [], "params": state.params,
-            "model_config": model_cfg}
+  # With LoRA, "params" are the merged weights (plain `llada.forward`), "adapters" the trained ones.
+  result = {"step": step, "loss": last.get("loss"), "eval": [],
+            "params": full_params(state.params), "model_config": model_cfg}
+  if lora_cfg is not None:
+    result["adapters"] = state.params
   if held_out:
-    result["eval"] = run_eval(config, model_cfg, state.params, tokenizer, held_out)
+    result["eval"] = run_eval(config, model_cfg, result["params"], tokenizer, held_out)
     writer.write(step, {f"eval/{r['setting']}/accuracy": r["accuracy"] for r in result["eval"]})
   writer.close()
   return result

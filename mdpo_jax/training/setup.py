@@ -15,7 +15,7 @@ import jax
 
 from mdpo_jax import parallel
 from mdpo_jax.data import tokenizer as tokenizer_lib
-from mdpo_jax.models import hf, llada
+from mdpo_jax.models import hf, llada, lora
 from mdpo_jax.training import checkpoint
 
 # Printable ASCII and newline: every task prompt/answer format fits, 100 tokens with specials.
@@ -59,9 +59,27 @@ def model_config(config, tokenizer) -> llada.LLaDAConfig:
     raise ValueError(str(e).replace("LLaDAConfig.", "model.")) from e
 
 
-def load_model(config, tokenizer, mesh, rng: jax.Array) -> tuple[llada.LLaDAConfig, Any]:
-  """(model config, params placed on `mesh`): fresh, from a Hugging Face folder, or from a run."""
+def lora_config(config, model_cfg: llada.LLaDAConfig) -> lora.LoraConfig | None:
+  """The run's LoRA settings (`model.lora_rank/lora_alpha/lora_targets`), validated against the
+  model's shapes; None when `model.lora_rank` is 0 (full fine-tuning)."""
+  lora_cfg = lora.from_config(config.model)
+  if lora_cfg is not None:
+    lora.check_fits(model_cfg, lora_cfg)
+  return lora_cfg
+
+
+def load_model(config, tokenizer, mesh, rng: jax.Array, *,
+               lora_supported: bool = False) -> tuple[llada.LLaDAConfig, Any]:
+  """(model config, params placed on `mesh`): fresh, from a Hugging Face folder, or from a run.
+
+  Callers that do not handle LoRA (`model.lora_rank` > 0) leave `lora_supported` False and get an
+  error instead of a silently full fine-tune or a checkpoint of adapters read as full params.
+  """
   m = config.model
+  if not lora_supported and m.get("lora_rank", 0):
+    raise ValueError(f"model.lora_rank={m.lora_rank}: LoRA is supported by trainer=sft|pretrain "
+                     "only (RL trainers, evaluate and reproduce read full-parameter runs); "
+                     "allowed here: 0")
   if m.hf_checkpoint:
     overrides = {k: m[k] for k in ("remat", "scan_layers", "honor_padding")}
     return hf.load_pretrained(m.hf_checkpoint, mesh=mesh, **overrides)
