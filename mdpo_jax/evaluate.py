@@ -7,7 +7,8 @@ r"""Evaluation CLI: held-out accuracy of a run's checkpoint for any sampler sett
 Prints one row per (steps, remasking) setting: accuracy with its 95% interval and, with
 `eval.trajectory_stats`, how often some intermediate prediction x̂0_t was right and how often it
 was right while the final answer was wrong (over-denoising). `--checkpoint` is a run's
-checkpoint folder; `--hf_checkpoint` evaluates a Hugging Face folder instead.
+checkpoint folder (a LoRA run's adapters are merged into its base, rebuilt from the config saved
+with the checkpoint); `--hf_checkpoint` evaluates a Hugging Face folder instead.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def main(argv):
       config.model.hf_checkpoint = _HF.value
     else:
       config.model.init_checkpoint = _CHECKPOINT.value
+    # Evaluation trains nothing: a LoRA run's checkpoint is merged with its base on load (from the
+    # config saved with it), so this config's model.lora_rank does not apply here.
+    config.model.lora_rank = 0
   try:
     mesh = parallel.mesh_from_config(config.mesh)
     tokenizer = setup.make_tokenizer(config)

@@ -84,6 +84,7 @@ def _evaluate(seed: int, checkpoint_dir: Path, rl_temperature: float) -> list[di
   """Accuracy of a checkpoint on the seed's held-out (or validation) problems."""
   config = _configs(seed)[0]
   config.model.init_checkpoint = str(checkpoint_dir)
+  config.model.lora_rank = 0   # a LoRA run's checkpoint is read merged (setup.load_run_params)
   mesh = parallel.mesh_from_config(config.mesh)
   tokenizer = setup.make_tokenizer(config)
   model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(0))

@@ -267,6 +267,13 @@ def test_sft_loop_trains_only_adapters(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, restored, jax.tree.map(np.asarray, adapters))
   assert lora.num_adapter_params(cfg, lcfg) == sum(x.size for x in jax.tree.leaves(adapters))
   # Callers that do not handle LoRA refuse the config rather than ignore it.
-  with pytest.raises(ValueError, match=r"model\.lora_rank=4: LoRA is supported by"):
+  with pytest.raises(ValueError, match=r"model\.lora_rank=4: this caller trains or reads full "
+                                       r"parameters only; allowed here: 0"):
     setup.load_model(c, setup.make_tokenizer(c), parallel.mesh_from_config(c.mesh),
                      jax.random.key(0))
+  # Read as evaluate reads a run (init_checkpoint = its checkpoints, lora_rank 0 there): the
+  # base is rebuilt from the saved config (fresh init, the run's seed) and the adapters merged.
+  c.model.init_checkpoint, c.model.lora_rank, c.seed = str(tmp_path / "checkpoints"), 0, 99
+  read = setup.load_model(c, setup.make_tokenizer(c), parallel.mesh_from_config(c.mesh),
+                          jax.random.key(c.seed))[1]
+  jax.tree.map(np.testing.assert_array_equal, read, result["params"])

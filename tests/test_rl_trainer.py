@@ -1,18 +1,24 @@
 """RL plumbing: MDPO examples from a synthetic trajectory, the over-denoising filter, and a few
-MDPO / diffu-GRPO updates end to end (CLI included) with checkpoint/resume."""
+MDPO / diffu-GRPO updates end to end (CLI included) with checkpoint/resume, full or LoRA."""
 
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from configs import countdown_tiny_diffu_grpo, countdown_tiny_mdpo
+from mdpo_jax import parallel
+from mdpo_jax.models import llada, lora
 from mdpo_jax.rl import rollout
 from mdpo_jax.rl import trainer as rl_trainer
 from mdpo_jax.sampling.sampler import Trajectory
-from mdpo_jax.training import loop, metrics
+from mdpo_jax.training import checkpoint, loop, metrics, setup, task_data
+
+# qwix 0.1.8 still reads Variable.value / VariableState, deprecated in flax 0.12.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:qwix.*")
 
 MASK = 9
 
@@ -101,15 +107,31 @@ def sft_checkpoint(tmp_path_factory):
   return str(workdir / "checkpoints")
 
 
+def _digit_share(completion, problem):
+  """A dense reward (the tiny SFT model never solves Countdown, so the task's reward is all 0,
+  and so would be every advantage and gradient): the share of digits in the completion."""
+  del problem
+  return sum(ch.isdigit() for ch in completion) / max(len(completion), 1)
+
+
+@pytest.fixture
+def dense_reward(monkeypatch):
+  monkeypatch.setattr(task_data, "reward_fn", lambda config: _digit_share)
+
+
 def _rows(workdir):
   return [r for r in metrics.read_jsonl(workdir / "metrics.jsonl") if "loss" in r]
 
 
-@pytest.mark.parametrize("recipe,beta,inner,filt", [
-    (countdown_tiny_mdpo, 0.02, 2, "over_denoising"), (countdown_tiny_diffu_grpo, 0.04, 2, "none")])
-def test_rl_updates_resume_exactly(tmp_path, sft_checkpoint, recipe, beta, inner, filt):
+@pytest.mark.parametrize("recipe,beta,inner,filt,rank", [
+    (countdown_tiny_mdpo, 0.02, 2, "over_denoising", 0),
+    (countdown_tiny_diffu_grpo, 0.04, 2, "none", 0),
+    (countdown_tiny_mdpo, 0.02, 2, "over_denoising", 4)])
+def test_rl_updates_resume_exactly(tmp_path, sft_checkpoint, dense_reward, recipe, beta, inner,
+                                   filt, rank):
   c = _tiny(recipe.get_config())
   c.model.init_checkpoint = sft_checkpoint
+  c.model.lora_rank = rank
   c.rl.beta, c.rl.inner_iters = beta, inner
   c.rl.filter, c.rl.filter_pool_size, c.rl.filter_refresh_updates = filt, 8, 2
   c.rl.num_updates = 3
@@ -118,6 +140,7 @@ def test_rl_updates_resume_exactly(tmp_path, sft_checkpoint, recipe, beta, inner
   want = _rows(tmp_path / "straight")
   assert [r["step"] for r in want] == [1, 2, 3]
   assert all(np.isfinite(r["loss"]) for r in want)
+  assert all(r["grad_norm"] > 1e-6 for r in want)   # the rewards give real gradients
   assert {r["block_length"] for r in want} <= {4.0, 8.0}
 
   c.rl.num_updates = 2
@@ -130,6 +153,111 @@ def test_rl_updates_resume_exactly(tmp_path, sft_checkpoint, recipe, beta, inner
   for key in ("loss", "reward/final_mean", "grad_norm"):
     np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=1e-4,
                                err_msg=key)
+
+
+@pytest.mark.parametrize("recipe", [countdown_tiny_mdpo, countdown_tiny_diffu_grpo])
+def test_lora_rl_starts_as_full_fine_tune_and_trains_only_adapters(tmp_path, sft_checkpoint,
+                                                                    dense_reward, monkeypatch,
+                                                                    recipe):
+  """B = 0 at init, so a LoRA run's first update sees the same policy as a full fine-tune with
+  the same seed: same rollouts, rewards, old/reference log-probs and loss. After that only the
+  adapters move; the frozen base (and KL reference) stays the SFT params bit for bit, and each
+  update's rollouts sample the current policy (base + the adapters so far)."""
+  c = _tiny(recipe.get_config())
+  c.model.init_checkpoint = sft_checkpoint
+  c.rl.beta, c.rl.inner_iters, c.rl.num_updates = 0.04, 1, 1
+  c.optim.lr = 1e-3
+  full = rl_trainer.train(c, tmp_path / "full")
+  assert "adapters" not in full
+  c.model.lora_rank, c.model.lora_alpha, c.model.lora_targets = 4, 8.0, "q_proj,v_proj,ff_out"
+  c.rl.num_updates = 2
+  probe = np.arange(12, dtype=np.int32)[None] % 60
+  sampled_logits = []   # the rollout policy's logits on `probe`, at each update
+
+  def recording_sample(forward_fn, params, *args, **kwargs):
+    sampled_logits.append(np.asarray(forward_fn(params, probe)))
+    return real_sample(forward_fn, params, *args, **kwargs)
+  real_sample = rollout.sample
+  monkeypatch.setattr(rollout, "sample", recording_sample)
+  low_rank = rl_trainer.train(c, tmp_path / "lora")
+  want, got = _rows(tmp_path / "full")[0], _rows(tmp_path / "lora")[0]
+  assert want["reward/mixed_groups"] > 0 and want["grad_norm"] > 1e-3   # a real gradient
+  compared = set(want) - {"grad_norm", "seconds", "time"}
+  assert {"loss", "kl", "reward/final_mean", "block_length"} <= compared
+  for key in sorted(compared):   # diffu-GRPO's loss is ~0 on-policy (ρ = 1, centred advantages)
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-12, err_msg=key)
+  assert got["grad_norm"] != want["grad_norm"]   # different trainable params
+  second = _rows(tmp_path / "lora")[1]
+  assert second["kl"] > 0                         # the reference stayed the base
+  if "ratio_mean" in second:                      # old-policy log-probs are the policy's
+    np.testing.assert_allclose(second["ratio_mean"], 1.0, rtol=1e-6)
+
+  mesh = parallel.mesh_from_config(c.mesh)
+  cfg = low_rank["model_config"]
+  lcfg = lora.LoraConfig(rank=4, alpha=8.0, targets=("q_proj", "v_proj", "ff_out"))
+  sft_params = setup.load_run_params(sft_checkpoint, cfg, mesh)
+  adapters = low_rank["adapters"]
+  fresh = setup.init_adapters(c, cfg, lcfg, mesh)
+  assert jax.tree.structure(adapters) == jax.tree.structure(fresh)
+  for name, ab in adapters["blocks"].items():
+    assert np.any(np.asarray(ab["lora_b"])), name                    # B left 0
+    assert not np.array_equal(ab["lora_a"], fresh["blocks"][name]["lora_a"]), name
+  # The returned policy is exactly the SFT params with these adapters merged: the base the run
+  # used to the end was not changed.
+  merged = jax.jit(lora.merge, static_argnums=0)(lcfg, sft_params, adapters)
+  jax.tree.map(np.testing.assert_array_equal, low_rank["params"], merged)
+  assert not np.array_equal(low_rank["params"]["blocks"]["q_proj"], sft_params["blocks"]["q_proj"])
+  # Update 1 sampled the SFT model, update 2 the SFT model + the adapters after update 1.
+  after_1, _, _ = checkpoint.restore_params(tmp_path / "lora" / "checkpoints",
+                                            lora.abstract_adapters(cfg, lcfg), step=1)
+  assert len(sampled_logits) == 2
+  for logits, params in ((sampled_logits[0], sft_params),
+                         (sampled_logits[1], lora.merge(lcfg, sft_params, after_1))):
+    np.testing.assert_allclose(logits, llada.forward(cfg, params, probe), rtol=1e-5, atol=1e-5)
+  assert np.max(np.abs(sampled_logits[1] - sampled_logits[0])) > 1e-4
+  # Its checkpoint holds the adapters; read as a run (evaluate, a later init_checkpoint) it is
+  # the merged policy, its base rebuilt from the saved config's model.init_checkpoint.
+  saved, _, step = checkpoint.restore_params(tmp_path / "lora" / "checkpoints",
+                                             lora.abstract_adapters(cfg, lcfg))
+  assert step == 2
+  jax.tree.map(np.testing.assert_array_equal, saved, adapters)
+  jax.tree.map(np.testing.assert_array_equal,
+               setup.load_run_params(tmp_path / "lora" / "checkpoints", cfg, mesh), merged)
+
+
+def test_rl_from_a_lora_sft_run_starts_from_its_merged_params(tmp_path, dense_reward):
+  """model.init_checkpoint = a LoRA SFT run (on a fresh base): RL loads that run's base + adapters
+  merged; a LoRA RL run on it reads back (two LoRA runs deep) as what it returned."""
+  sft = _tiny(countdown_tiny_mdpo.get_config())
+  sft.trainer = "sft"
+  sft.optim.lr = 3e-3
+  sft.train.num_steps = sft.train.checkpoint_every = 2
+  sft.model.lora_rank, sft.model.lora_alpha = 4, 8.0
+  sft_result = loop.train(sft, tmp_path / "sft")
+  assert np.any(np.asarray(sft_result["adapters"]["blocks"]["q_proj"]["lora_b"]))
+  mesh = parallel.mesh_from_config(sft.mesh)
+
+  c = _tiny(countdown_tiny_diffu_grpo.get_config())
+  c.model.init_checkpoint = str(tmp_path / "sft" / "checkpoints")
+  tokenizer = setup.make_tokenizer(c)
+  cfg, start = setup.load_model(c, tokenizer, mesh, jax.random.key(123))
+  jax.tree.map(np.testing.assert_array_equal, start, sft_result["params"])
+
+  c.model.lora_rank, c.rl.num_updates, c.optim.lr = 2, 1, 1e-3
+  result = rl_trainer.train(c, tmp_path / "rl")
+  lcfg = lora.LoraConfig(rank=2, alpha=c.model.lora_alpha)
+  jax.tree.map(np.testing.assert_array_equal, result["params"],
+               jax.jit(lora.merge, static_argnums=0)(lcfg, sft_result["params"],
+                                                     result["adapters"]))
+  jax.tree.map(np.testing.assert_array_equal,
+               setup.load_run_params(tmp_path / "rl" / "checkpoints", cfg, mesh),
+               result["params"])
+
+  c.model.d_model, c.model.mlp_hidden_size = 16, 32
+  with pytest.raises(ValueError, match=r"model\.init_checkpoint=.*sft/checkpoints: a LoRA run "
+                                       r"whose base model .* does not match"):
+    setup.load_run_params(tmp_path / "sft" / "checkpoints", setup.model_config(c, tokenizer),
+                          mesh)
 
 
 def test_mdpo_through_the_cli(tmp_path, sft_checkpoint):

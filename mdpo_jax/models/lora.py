@@ -27,6 +27,8 @@ layers. Instead, this file gives qwix exactly what it expects, one layer at a ti
 So the base params stay the plain pytree (an ordinary argument; no gradient or optimizer state is
 ever made for them), the trainable pytree is only the adapters, and `merge` folds them into the
 base weights (W + (alpha/rank)·A·B) for saving, export or sampling with the plain forward.
+`policy_forward_fn` is the same forward taking {"base", "adapters"} as one params argument (what
+the RL trainer samples and scores old-policy log-probs with).
 """
 
 from __future__ import annotations
@@ -270,6 +272,18 @@ def forward_fn(config: llada.LLaDAConfig, lora: LoraConfig, base_params) -> Any:
 
 def _forward_adapters_first(config, lora, base_params, adapters, tokens_BxL, **kwargs):
   return forward(config, lora, base_params, adapters, tokens_BxL, **kwargs)
+
+
+def policy_forward_fn(config: llada.LLaDAConfig, lora: LoraConfig) -> Any:
+  """`fwd({"base": base_params, "adapters": adapters}, tokens_BxL, attention_mask=None)`: the
+  base-plus-adapters model with both pytrees in one params argument, for callers that take a
+  single params pytree and no gradient (the sampler, old-policy log-probs). A hashable partial of
+  static configs only, so it is a valid static jit argument and never captures weights."""
+  return functools.partial(_forward_policy, config, lora)
+
+
+def _forward_policy(config, lora, params, tokens_BxL, **kwargs):
+  return forward(config, lora, params["base"], params["adapters"], tokens_BxL, **kwargs)
 
 
 def delta(lora: LoraConfig, adapters) -> dict:

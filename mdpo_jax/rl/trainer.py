@@ -5,6 +5,13 @@ optimiser steps over all its examples (gradients accumulated over micro-batches,
 step per pass, SPEC §4.6). Prompts for update u are drawn with `default_rng([seed, u])` and
 all randomness is `fold_in(key, u)`, so a resumed run repeats exactly what an uninterrupted one
 would do; the checkpoint holds params, optimiser state, the update counter and the RNG key.
+
+With LoRA (`model.lora_rank` > 0) the trainable params are the adapters and the loaded params the
+frozen base, an argument of the jitted update (as in `training/loop.py`). Rollouts and old-policy
+log-probs run the policy itself, the LoRA forward on {"base", "adapters"}, not merged weights: it
+is exactly the function the loss differentiates (so the importance ratio is 1 on-policy even with
+bf16 weights, where a merged W + ΔW would round small updates away) and needs no second copy of
+the weights. The KL reference is the base alone.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from tqdm import tqdm
 
 from mdpo_jax import parallel
 from mdpo_jax.data import pipeline
-from mdpo_jax.models import llada
+from mdpo_jax.models import llada, lora
 from mdpo_jax.rl import advantages as adv_lib
 from mdpo_jax.rl import diffu_grpo, mdpo, rollout
 from mdpo_jax.rl.scoring import RewardPool
@@ -67,15 +74,16 @@ def validate(config) -> None:
 
 
 def _accumulated_update(loss_fn, optimizer, micro_batch: int):
-  """state, rows → state, metrics: mean gradient over micro-batches, one optimiser step."""
+  """state, rows[, base] → state, metrics: mean gradient over micro-batches, one optimiser step.
+  `loss_fn(params, rows, base)`; `base` (frozen LoRA base, or None) is never differentiated."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def update(state: state_lib.TrainState, rows):
+  def update(state: state_lib.TrainState, rows, base=None):
     n = jax.tree.leaves(rows)[0].shape[0]
     micro = jax.tree.map(lambda x: x.reshape(n // micro_batch, micro_batch, *x.shape[1:]), rows)
 
     def body(grads, mb):
-      (loss, aux), g = grad_fn(state.params, mb)
+      (loss, aux), g = grad_fn(state.params, mb, base)
       return jax.tree.map(jnp.add, grads, g), (loss, aux)
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -103,16 +111,52 @@ def _logprob_fn(fwd, temperature: float, micro_batch: int):
   return jax.jit(run)
 
 
+class _Policy:
+  """How the trainer runs the policy: full params, or LoRA adapters on a frozen base.
+
+  `forward(base)` is the loss's forward of the trainable params (built inside the jitted update,
+  where `base` is a traced argument); `sample_fn` on `sample_params(params)` runs the policy
+  outside the gradient (rollouts, the over-denoising filter, old-policy log-probs); `merged` gives
+  plain-forward params (evaluation). `base` is None for a full fine-tune.
+  """
+
+  def __init__(self, model_cfg, lora_cfg, base):
+    self.model_cfg, self.lora_cfg, self.base = model_cfg, lora_cfg, base
+    self.sample_fn = (llada.forward_fn(model_cfg) if lora_cfg is None
+                      else lora.policy_forward_fn(model_cfg, lora_cfg))
+
+  def forward(self, base):
+    if self.lora_cfg is None:
+      return llada.forward_fn(self.model_cfg)
+    return lora.forward_fn(self.model_cfg, self.lora_cfg, base)
+
+  def sample_params(self, params):
+    return params if self.lora_cfg is None else {"base": self.base, "adapters": params}
+
+  def merged(self, params):
+    if self.lora_cfg is None:
+      return params
+    return jax.jit(lora.merge, static_argnums=0)(self.lora_cfg, self.base, params)
+
+
 def train(config, workdir: str | Path) -> dict:
-  """Run MDPO or diffu-GRPO per `config`; returns {'update', 'eval', 'history'}."""
+  """Run MDPO or diffu-GRPO per `config`; returns {'update', 'eval', 'history', 'params',
+  'model_config'} (+ 'adapters' with LoRA) of the final state."""
   validate(config)
   rl = config.rl
   workdir = Path(workdir)
   mesh = parallel.mesh_from_config(config.mesh)
   tokenizer = setup.make_tokenizer(config)
-  model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(config.seed))
-  ref_params = jax.tree.map(jnp.copy, params) if rl.beta > 0 else None  # β = 0: no reference
-  fwd = llada.forward_fn(model_cfg)
+  model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(config.seed),
+                                       lora_supported=True)
+  lora_cfg = setup.lora_config(config, model_cfg)
+  if lora_cfg is None:   # full fine-tune: the reference is a copy of the start (β = 0: none)
+    policy = _Policy(model_cfg, None, None)
+    ref_params = jax.tree.map(jnp.copy, params) if rl.beta > 0 else None
+  else:                  # adapters train; the loaded params are the frozen base and the reference
+    policy = _Policy(model_cfg, lora_cfg, params)
+    ref_params = params if rl.beta > 0 else None
+    params = setup.init_adapters(config, model_cfg, lora_cfg, mesh)
   optimizer = optim.make_optimizer(config.optim, rl.num_updates * rl.inner_iters)
   state = jax.jit(functools.partial(state_lib.create, optimizer=optimizer, seed=config.seed))(
       params)
@@ -131,16 +175,19 @@ def train(config, workdir: str | Path) -> dict:
                     key_fn=task_data.problem_key)
 
   if config.trainer == "mdpo":
-    def loss_fn(params, rows):
-      return mdpo.mdpo_loss(fwd, params, rows, temperature=rl.temperature,
+    def loss_fn(params, rows, base):
+      return mdpo.mdpo_loss(policy.forward(base), params, rows, temperature=rl.temperature,
                             gen_length=rl.gen_length, clip_eps=rl.clip_eps, beta=rl.beta)
   else:
-    def loss_fn(params, rows):
-      return diffu_grpo.diffu_grpo_loss(fwd, params, rows, clip_eps=rl.clip_eps, beta=rl.beta)
+    def loss_fn(params, rows, base):
+      return diffu_grpo.diffu_grpo_loss(policy.forward(base), params, rows, clip_eps=rl.clip_eps,
+                                        beta=rl.beta)
   update_fn = jax.jit(_accumulated_update(loss_fn, optimizer, rl.micro_batch), donate_argnums=0,
                       out_shardings=(shardings, None))
   logp_temperature = rl.temperature if config.trainer == "mdpo" else 1.0
-  logprobs = _logprob_fn(fwd, logp_temperature, rl.micro_batch)
+  logprobs = _logprob_fn(policy.sample_fn, logp_temperature, rl.micro_batch)
+  ref_logprobs = (logprobs if lora_cfg is None   # the reference is the plain model either way
+                  else _logprob_fn(llada.forward_fn(model_cfg), logp_temperature, rl.micro_batch))
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints,
                                  async_save=config.train.async_checkpoint)
@@ -169,8 +216,8 @@ def train(config, workdir: str | Path) -> dict:
         epoch = update // max(rl.filter_refresh_updates, 1)
         if epoch != filter_epoch:
           candidates = over_denoising_candidates(
-              config, model_cfg, state.params, tokenizer, prompts_all, pmask_all,
-              train_problems, pool, stops, seed=config.seed + epoch)
+              config, model_cfg, policy.sample_fn, policy.sample_params(state.params), tokenizer,
+              prompts_all, pmask_all, train_problems, pool, stops, seed=config.seed + epoch)
           filter_epoch = epoch
           writer.write(update, {"filter/kept": len(candidates)})
       pick = np.random.default_rng([config.seed, update]).choice(
@@ -181,7 +228,8 @@ def train(config, workdir: str | Path) -> dict:
                                    steps=rl.steps, temperature=rl.temperature,
                                    remasking=rl.remasking)
       is_mdpo = config.trainer == "mdpo"
-      batch = rollout.sample(fwd, state.params, prompts_all[pick], pmask_all[pick],
+      batch = rollout.sample(policy.sample_fn, policy.sample_params(state.params),
+                             prompts_all[pick], pmask_all[pick],
                              [train_problems[i] for i in pick], sc, ukey,
                              group_size=rl.group_size, with_trajectory=is_mdpo)
       if is_mdpo:
@@ -218,13 +266,14 @@ def train(config, workdir: str | Path) -> dict:
       mixed = float(((groups > 0).any(1) & (groups <= 0).any(1)).mean())
       needs_old = rl.inner_iters > 1 or config.trainer == "diffu_grpo"
       if needs_old:
-        rows["old_logp"] = logprobs(state.params, tokens_in, targets, rows["attention_mask"])
+        rows["old_logp"] = logprobs(policy.sample_params(state.params), tokens_in, targets,
+                                    rows["attention_mask"])
       if rl.beta > 0:
-        rows["ref_logp"] = logprobs(ref_params, tokens_in, targets, rows["attention_mask"])
+        rows["ref_logp"] = ref_logprobs(ref_params, tokens_in, targets, rows["attention_mask"])
       rows = parallel.shard_batch(rows, mesh)
       outs = []
       for _ in range(rl.inner_iters):
-        state, out = update_fn(state, rows)
+        state, out = update_fn(state, rows, policy.base)
         outs.append(out)
       out = jax.tree.map(lambda *xs: float(np.mean(xs)), *outs)
       out.update({"reward/final_mean": float(final.mean()), "reward/mixed_groups": mixed,
@@ -248,18 +297,23 @@ def train(config, workdir: str | Path) -> dict:
     bar.close()
     ckpt.close()
     pool.close()
-  result = {"update": update, "history": history, "eval": []}
+  # With LoRA, "params" are the merged weights (plain `llada.forward`), "adapters" the trained ones.
+  result = {"update": update, "history": history, "eval": [],
+            "params": policy.merged(state.params), "model_config": model_cfg}
+  if lora_cfg is not None:
+    result["adapters"] = state.params
   if held_out:
-    result["eval"] = loop.run_eval(config, model_cfg, state.params, tokenizer, held_out)
+    result["eval"] = loop.run_eval(config, model_cfg, result["params"], tokenizer, held_out)
     writer.write(update, {f"eval/{r['setting']}/accuracy": r["accuracy"] for r in result["eval"]})
   writer.close()
   return result
 
 
-def over_denoising_candidates(config, model_cfg, params, tokenizer, prompts_all, pmask_all,
-                              problems, pool, stops, *, seed: int) -> np.ndarray:
-  """Indices of training prompts whose greedy trajectory has a right intermediate prediction
-  but a wrong final answer (MDPO's data filter, SPEC §4.7); all prompts if none qualify."""
+def over_denoising_candidates(config, model_cfg, forward_fn, params, tokenizer, prompts_all,
+                              pmask_all, problems, pool, stops, *, seed: int) -> np.ndarray:
+  """Indices of training prompts whose greedy trajectory (of `forward_fn` on `params`: the
+  current policy) has a right intermediate prediction but a wrong final answer (MDPO's data
+  filter, SPEC §4.7); all prompts if none qualify."""
   rl = config.rl
   n = min(rl.filter_pool_size, len(problems))
   idx = np.random.default_rng(seed).choice(len(problems), n, replace=False)
@@ -267,12 +321,11 @@ def over_denoising_candidates(config, model_cfg, params, tokenizer, prompts_all,
                                block_length=int(evaluation.config_list(rl.block_lengths)[0]),
                                steps=rl.steps,
                                remasking=rl.remasking)
-  fwd = llada.forward_fn(model_cfg)
   keep = []
   bs = config.eval.batch_size
   for start in range(0, n, bs):
     sl = idx[start:start + bs]
-    batch = rollout.sample(fwd, params, prompts_all[sl], pmask_all[sl],
+    batch = rollout.sample(forward_fn, params, prompts_all[sl], pmask_all[sl],
                            [problems[i] for i in sl], sc, jax.random.key(0), group_size=1)
     r_NxT, _ = rollout.step_rewards(batch, tokenizer, pool, stops)
     keep.extend(sl[rollout.over_denoised(r_NxT, r_NxT[:, -1])].tolist())

@@ -108,6 +108,24 @@ def restore_params(directory: str | Path, abstract_params, step: int | None = No
   return restored["state"]["params"], restored["config"], step
 
 
+def saved_config(directory: str | Path, step: int | None = None) -> tuple[dict, int]:
+  """(config, step): the resolved config a run saved with its checkpoint at `step` (the latest
+  when None), {} if that checkpoint has none. Reads nothing else, so a caller can decide how to
+  read the params (full weights, or a LoRA run's adapters) before touching them."""
+  directory = Path(directory).absolute()
+  manager = ocp.CheckpointManager(directory, item_handlers={"config": ocp.JsonCheckpointHandler()})
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    manager.close()
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  config = {}
+  if (directory / str(step) / "config").exists():
+    config = manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"]
+  manager.close()
+  return config, step
+
+
 def config_json(config) -> dict:
   """A ConfigDict as plain JSON data (tuples become lists)."""
   return json.loads(config.to_json_best_effort() if hasattr(config, "to_json_best_effort")

@@ -81,14 +81,6 @@ def make_train_step(trainer: str, model_cfg: llada.LLaDAConfig,
   return step
 
 
-def _adapter_shardings(model_cfg, lora_cfg, mesh):
-  axes = lora.adapter_logical_axes(model_cfg, lora_cfg)
-  return jax.tree.map(
-      lambda ax, x: jax.sharding.NamedSharding(
-          mesh, parallel.logical_to_spec(ax, x.shape, mesh=mesh)),
-      axes, lora.abstract_adapters(model_cfg, lora_cfg), is_leaf=lambda x: isinstance(x, tuple))
-
-
 def _batch_to_device(batch, mesh):
   sharding = lambda x: parallel.batch_sharding(mesh, np.ndim(x))  # noqa: E731
   return {k: jax.make_array_from_process_local_data(sharding(v), np.asarray(v))
@@ -170,11 +162,7 @@ def train(config, workdir: str | Path) -> dict:
   base = None
   if lora_cfg is not None:   # train adapters only; the loaded params become the frozen base
     base = params
-    params = jax.device_put(
-        lora.init_adapters(model_cfg, lora_cfg, jax.random.fold_in(jax.random.key(config.seed), 1)),
-        _adapter_shardings(model_cfg, lora_cfg, mesh))
-    logging.info("LoRA rank %d on %s: %d trainable parameters", lora_cfg.rank,
-                 ",".join(lora_cfg.targets), lora.num_adapter_params(model_cfg, lora_cfg))
+    params = setup.init_adapters(config, model_cfg, lora_cfg, mesh)
   full_params = (lambda p: p) if lora_cfg is None else (
       lambda p: jax.jit(lora.merge, static_argnums=0)(lora_cfg, base, p))
   num_steps = config.train.num_steps

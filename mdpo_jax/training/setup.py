@@ -12,6 +12,7 @@ import string
 from typing import Any
 
 import jax
+import ml_collections
 
 from mdpo_jax import parallel
 from mdpo_jax.data import tokenizer as tokenizer_lib
@@ -68,27 +69,89 @@ def lora_config(config, model_cfg: llada.LLaDAConfig) -> lora.LoraConfig | None:
   return lora_cfg
 
 
+def adapter_shardings(model_cfg: llada.LLaDAConfig, lora_cfg: lora.LoraConfig, mesh):
+  """NamedShardings of the adapters on `mesh` (from `lora.adapter_logical_axes`)."""
+  axes = lora.adapter_logical_axes(model_cfg, lora_cfg)
+  return jax.tree.map(
+      lambda ax, x: jax.sharding.NamedSharding(
+          mesh, parallel.logical_to_spec(ax, x.shape, mesh=mesh)),
+      axes, lora.abstract_adapters(model_cfg, lora_cfg), is_leaf=lambda x: isinstance(x, tuple))
+
+
+def init_adapters(config, model_cfg: llada.LLaDAConfig, lora_cfg: lora.LoraConfig, mesh):
+  """A LoRA run's fresh adapters (B = 0: the model starts as its base), from the run's seed and
+  placed on `mesh`; every trainer draws them the same way."""
+  logging.info("LoRA rank %d on %s: %d trainable parameters", lora_cfg.rank,
+               ",".join(lora_cfg.targets), lora.num_adapter_params(model_cfg, lora_cfg))
+  rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+  return jax.device_put(lora.init_adapters(model_cfg, lora_cfg, rng),
+                        adapter_shardings(model_cfg, lora_cfg, mesh))
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      tree, shardings)
+
+
 def load_model(config, tokenizer, mesh, rng: jax.Array, *,
                lora_supported: bool = False) -> tuple[llada.LLaDAConfig, Any]:
-  """(model config, params placed on `mesh`): fresh, from a Hugging Face folder, or from a run.
+  """(model config, params placed on `mesh`): fresh, from a Hugging Face folder, or from a run
+  (`load_run_params`: a LoRA run's checkpoint comes back merged with its base).
 
-  Callers that do not handle LoRA (`model.lora_rank` > 0) leave `lora_supported` False and get an
-  error instead of a silently full fine-tune or a checkpoint of adapters read as full params.
+  With `model.lora_rank` > 0 the returned params are the base the caller puts adapters on.
+  Callers that do not handle that leave `lora_supported` False and get an error instead of a
+  silent full fine-tune. `rng` is `jax.random.key(config.seed)` in every trainer, which is how a
+  LoRA run on a freshly initialised base can be rebuilt from its saved config.
   """
   m = config.model
   if not lora_supported and m.get("lora_rank", 0):
-    raise ValueError(f"model.lora_rank={m.lora_rank}: LoRA is supported by trainer=sft|pretrain "
-                     "only (RL trainers, evaluate and reproduce read full-parameter runs); "
-                     "allowed here: 0")
+    raise ValueError(f"model.lora_rank={m.lora_rank}: this caller trains or reads full "
+                     "parameters only; allowed here: 0 (LoRA runs: trainer=sft|pretrain|mdpo|"
+                     "diffu_grpo; evaluate reads any run's checkpoint)")
   if m.hf_checkpoint:
     overrides = {k: m[k] for k in ("remat", "scan_layers", "honor_padding")}
     return hf.load_pretrained(m.hf_checkpoint, mesh=mesh, **overrides)
   cfg = model_config(config, tokenizer)
   if m.init_checkpoint:
-    abstract = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        llada.abstract_params(cfg), parallel.param_shardings(cfg, mesh))
-    params, _, step = checkpoint.restore_params(m.init_checkpoint, abstract)
-    logging.info("params from %s (step %d)", m.init_checkpoint, step)
-    return cfg, params
+    return cfg, load_run_params(m.init_checkpoint, cfg, mesh)
   return cfg, parallel.init_sharded_params(cfg, rng, mesh)
+
+
+def load_run_params(directory, model_cfg: llada.LLaDAConfig, mesh, *,
+                    field: str = "model.init_checkpoint"):
+  """Full params of the latest checkpoint in a run's `directory` (WORKDIR/checkpoints), shaped,
+  typed and sharded as `model_cfg`'s on `mesh`.
+
+  A full-parameter run's checkpoint holds the params. A LoRA run's (its saved config has
+  `model.lora_rank` > 0) holds only adapters: its base is rebuilt from that saved config exactly
+  as the run built it (its own `model.hf_checkpoint`, `model.init_checkpoint`, recursively, or
+  fresh init from its seed) and the adapters are merged in (`lora.merge`, float32 sum). `field`
+  names the setting that pointed here, for errors.
+  """
+  saved, step = checkpoint.saved_config(directory)
+  abstract = _abstract(llada.abstract_params(model_cfg), parallel.param_shardings(model_cfg, mesh))
+  run_lora = lora.from_config(saved.get("model", {}))
+  if run_lora is None:
+    params, _, step = checkpoint.restore_params(directory, abstract, step)
+    logging.info("params from %s (step %d)", directory, step)
+    return params
+  run = ml_collections.ConfigDict(saved)
+  run_cfg, base = load_model(run, make_tokenizer(run), mesh, jax.random.key(run.seed),
+                             lora_supported=True)
+  want = jax.tree.map(lambda a: a.shape, abstract)
+  got = jax.tree.map(lambda a: a.shape, base)
+  if got != want:
+    raise ValueError(f"{field}={directory}: a LoRA run whose base model ({run.model.preset}, "
+                     f"d_model={run_cfg.d_model}, n_layers={run_cfg.n_layers}, vocab "
+                     f"{run_cfg.vocab_size}) does not match this run's model config; allowed: "
+                     "the same model shapes")
+  adapters, _, _ = checkpoint.restore_params(
+      directory, _abstract(lora.abstract_adapters(run_cfg, run_lora),
+                           adapter_shardings(run_cfg, run_lora, mesh)), step)
+  dtypes = jax.tree.map(lambda a: a.dtype, abstract)
+  merge = jax.jit(lambda b, a: jax.tree.map(lambda x, dt: x.astype(dt),
+                                            lora.merge(run_lora, b, a), dtypes),
+                  out_shardings=jax.tree.map(lambda a: a.sharding, abstract))
+  logging.info("params from %s (step %d): LoRA rank %d adapters merged into their base",
+               directory, step, run_lora.rank)
+  return merge(base, adapters)
