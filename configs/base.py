@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tokenizer = "char"    # char (built from the task alphabet) | path to a tokenizer.json
   c.task.val_size = 500        # validation problems for tuning (countdown: from the training
                                # distribution, disjoint from training and held-out)
+  c.task.sft_extra_fresh = 0   # countdown SFT: also train on the first N of RL's fresh prompts
+                               # (solver answers) — a control for RL with rl.prompt_source=fresh
   c.task.val_file = ""         # math: validation records as JSONL (needed only to tune on them)
   c.data.seq_len = 80          # prompt + answer + EOS padding, per training row
   c.data.prompt_len = 36       # left-padded prompt width for sampling/evaluation

@@ -5,7 +5,10 @@
 
 Rollouts commit several tokens per step (24 tokens in 6 steps) — the regime where intermediate
 predictions are often right while the final answer is not — and every step's prediction is
-scored; the K steps with the largest |Â_t| per rollout are trained (SPEC §4).
+scored; the K steps with the largest |Â_t| per rollout are trained (SPEC §4). Prompts are fresh
+problems of the training distribution (`rl.prompt_source="fresh"`: none trained on by SFT, none in
+the validation or held-out splits): on the SFT problems themselves, whose answers the model has
+memorised, MDPO learned little that carried over (README, "What moved MDPO").
 """
 
 from configs import countdown_tiny_sft
@@ -19,6 +22,7 @@ def get_config():
   c.optim.warmup_steps = 0
   c.optim.weight_decay = 0.0
   c.rl.num_updates = 150
+  c.rl.prompt_source = "fresh"
   c.rl.prompts_per_update = 8
   c.rl.group_size = 16
   c.rl.top_k = 4

@@ -54,7 +54,8 @@ _STEPS = flags.DEFINE_list("eval_steps", None, "Denoising steps of the evaluated
                            "(default: the MDPO recipe's rollout steps).")
 _PHASES = flags.DEFINE_list(
     "phases", ["mdpo", "diffu_grpo", "control"], "Runs after SFT, each evaluated beside the SFT "
-    "start: any of mdpo, diffu_grpo, control (control needs mdpo: it gets MDPO's wall time).")
+    "start: any of mdpo, diffu_grpo, control, control_fresh (the controls need mdpo: they get "
+    "MDPO's wall time; control_fresh also trains on MDPO's fresh prompts with solver answers).")
 _PARALLEL = flags.DEFINE_boolean(
     "parallel", False, "Run the seeds as concurrent processes, one XLA thread each. On this "
     "project's 2-core CPU two such processes each ran a training step at 0.56x the speed of one "
@@ -145,37 +146,48 @@ def run_seed(root: Path, seed: int) -> dict:
     info["mdpo"] = _phase(out, "mdpo_train", train_rl(mdpo, "mdpo"))
   if "diffu_grpo" in phases:
     info["diffu_grpo"] = _phase(out, "grpo_train", train_rl(grpo, "diffu_grpo"))
-  runs = [("SFT start", sft_ckpt)]
-  runs += [("MDPO", out / "mdpo" / "checkpoints")] if "mdpo" in phases else []
-  runs += [("diffu-GRPO", out / "diffu_grpo" / "checkpoints")] if "diffu_grpo" in phases else []
+  # (table row, cache name of its evaluation, checkpoint directory)
+  runs = [("SFT start", "eval_sft", sft_ckpt)]
+  if "mdpo" in phases:
+    runs.append(("MDPO", "eval_mdpo", out / "mdpo" / "checkpoints"))
+  if "diffu_grpo" in phases:
+    runs.append(("diffu-GRPO", "eval_diffu-grpo", out / "diffu_grpo" / "checkpoints"))
   if "control" in phases:
     info["control"] = _phase(out, "control_train", _train_control(seed, out, info["mdpo"]["minutes"]))
-    runs.append(("continued SFT (control)", out / "control" / "checkpoints"))
+    runs.append(("continued SFT (control)", "eval_continued", out / "control" / "checkpoints"))
+  if "control_fresh" in phases:
+    info["control_fresh"] = _phase(out, "control_fresh_train", _train_control(
+        seed, out, info["mdpo"]["minutes"], extra_fresh=mdpo.rl.fresh_size))
+    runs.append(("continued SFT + fresh prompts (control)", "eval_control_fresh",
+                 out / "control_fresh" / "checkpoints"))
   temp = mdpo.rl.temperature
   rows = {}
-  for name, ckpt in runs:
-    rows[name] = _phase(out, f"eval_{name.split()[0].lower()}",
-                        lambda ckpt=ckpt: _evaluate(seed, ckpt, temp))
+  for name, cache, ckpt in runs:
+    rows[name] = _phase(out, cache, lambda ckpt=ckpt: _evaluate(seed, ckpt, temp))
   return {"info": info, "rows": rows}
+
+
+PHASES = ("mdpo", "diffu_grpo", "control", "control_fresh")
 
 
 def check_phases(phases: list[str]) -> list[str]:
   """The --phases list, validated (unknown names, or control without mdpo, are errors)."""
   phases = list(phases)
-  unknown = sorted(set(phases) - {"mdpo", "diffu_grpo", "control"})
+  unknown = sorted(set(phases) - set(PHASES))
   if unknown:
-    raise ValueError(f"--phases={','.join(phases)}: unknown {unknown}; allowed mdpo, diffu_grpo, "
-                     "control")
-  if "control" in phases and "mdpo" not in phases:
-    raise ValueError(f"--phases={','.join(phases)}: control runs for MDPO's wall time, so it "
+    raise ValueError(f"--phases={','.join(phases)}: unknown {unknown}; allowed {PHASES}")
+  if {"control", "control_fresh"} & set(phases) and "mdpo" not in phases:
+    raise ValueError(f"--phases={','.join(phases)}: a control runs for MDPO's wall time, so it "
                      "needs mdpo")
   return phases
 
 
-def _train_control(seed: int, out: Path, minutes: float):
-  """The continued-SFT control: the SFT recipe from its checkpoint, for `minutes` of training."""
+def _train_control(seed: int, out: Path, minutes: float, extra_fresh: int = 0):
+  """The continued-SFT control: the SFT recipe from its checkpoint, for `minutes` of training;
+  with `extra_fresh`, on the training problems plus the first `extra_fresh` of RL's fresh ones."""
   sft_ckpt = out / "sft" / "checkpoints"
   control = _configs(seed)[0]
+  control.task.sft_extra_fresh = extra_fresh
   control.model.init_checkpoint = str(sft_ckpt)
   control.optim.lr = _CONTROL_LR.value
   control.optim.schedule, control.optim.warmup_steps = "constant", 0
@@ -184,7 +196,7 @@ def _train_control(seed: int, out: Path, minutes: float):
 
   def train_control():
     start = time.time()
-    r = loop.train(control, out / "control")
+    r = loop.train(control, out / ("control_fresh" if extra_fresh else "control"))
     return {"minutes": (time.time() - start) / 60, "step": r["step"]}
   return train_control
 
@@ -221,6 +233,9 @@ def _settings_line(mdpo, grpo, phases: list[str]) -> str:
                  "inner updates")
   if "control" in phases:
     parts.append(f"control: continued SFT at lr {_CONTROL_LR.value} for MDPO's wall time")
+  if "control_fresh" in phases:
+    parts.append(f"control + fresh prompts: the same, on the SFT problems plus MDPO's "
+                 f"{mdpo.rl.fresh_size} fresh prompts with solver answers")
   return "; ".join(parts) + "."
 
 
@@ -229,14 +244,15 @@ def _runs_table(results: dict[int, dict], seeds: list[int]) -> str:
   def cell(info, key, fmt):
     return fmt(info[key]) if key in info else "—"
   lines = ["| seed | SFT min | MDPO min | MDPO reward first→last 10 | GRPO reward first→last 10 |"
-           " control steps |", "|---|---|---|---|---|---|"]
+           " control steps | control + fresh steps |", "|---|---|---|---|---|---|---|"]
   reward = lambda r: f"{r['reward_first']:.3f}→{r['reward_last']:.3f}"  # noqa: E731
   for s in seeds:
     i = results[s]["info"]
     lines.append(f"| {s} | {i['sft']['minutes']:.1f} | "
                  f"{cell(i, 'mdpo', lambda r: format(r['minutes'], '.1f'))} | "
                  f"{cell(i, 'mdpo', reward)} | {cell(i, 'diffu_grpo', reward)} | "
-                 f"{cell(i, 'control', lambda r: str(r['step']))} |")
+                 f"{cell(i, 'control', lambda r: str(r['step']))} | "
+                 f"{cell(i, 'control_fresh', lambda r: str(r['step']))} |")
   return "\n".join(lines)
 
 

@@ -41,6 +41,9 @@ def test_phases_are_validated():
     reproduce.check_phases(["mdpo", "grpo"])
   with pytest.raises(ValueError, match="control.*needs mdpo"):
     reproduce.check_phases(["control"])
+  with pytest.raises(ValueError, match="control.*needs mdpo"):
+    reproduce.check_phases(["diffu_grpo", "control_fresh"])
+  assert reproduce.check_phases(["mdpo", "control_fresh"]) == ["mdpo", "control_fresh"]
 
 
 def test_recipe_overrides_and_validation_split_reach_every_run():

@@ -205,6 +205,11 @@ def test_validation_and_fresh_rl_prompts_are_disjoint_from_every_other_split():
     for other, others in splits.items():
       if other != name:
         assert keys.isdisjoint(_key(p) for p in others), (name, other)
+  # SFT's extra fresh problems (the control for RL on fresh prompts) are RL's, in the same order.
+  assert task_data.fresh_problems(c, train, held, 50) == fresh[:50]
+  assert task_data.sft_problems(c, train, held) == train
+  c.task.sft_extra_fresh = 50
+  assert task_data.sft_problems(c, train, held) == train + fresh[:50]
   # Same distribution as training: 3 numbers in range, a checked solution reaching the target.
   for p in val + fresh:
     assert len(p.numbers) == 3 and all(1 <= x <= 20 for x in p.numbers) and 1 <= p.target <= 100
@@ -228,5 +233,5 @@ def test_split_options_are_validated():
   with pytest.raises(ValueError, match="task.val_file=''"):
     task_data.validation_split(m, [], [])
   m.rl.prompt_source = "fresh"
-  with pytest.raises(ValueError, match="needs a procedural task.*'math'"):
+  with pytest.raises(ValueError, match="rl.fresh_size=2000: fresh problems need a procedural.*'math'"):
     task_data.rl_problems(m, [], [])

@@ -175,6 +175,8 @@ def train(config, workdir: str | Path) -> dict:
 
   train_problems, held_out = (task_data.splits(config) if config.trainer == "sft"
                               else ([], []))
+  if config.trainer == "sft":
+    train_problems = task_data.sft_problems(config, train_problems, held_out)
   dataset = build_dataset(config, tokenizer, model_cfg, train_problems)
   data_iter = iter(dataset)
 

@@ -43,8 +43,8 @@ def splits(config) -> tuple[list, list]:
     train = math_task.load_jsonl(task.train_file)[: task.train_size]
     held = math_task.load_jsonl(task.eval_file)[: task.eval_size]
     return train, held
-  train = _countdown(task, "train_size", config.seed, ())
-  held = _countdown(task, "eval_size", config.seed + _HELD_OUT_SEED, train)
+  train = _countdown(task, task.train_size, config.seed, (), "task.train_size")
+  held = _countdown(task, task.eval_size, config.seed + _HELD_OUT_SEED, train, "task.eval_size")
   return train, held
 
 
@@ -61,7 +61,8 @@ def validation_split(config, train: Sequence | None = None,
     return math_task.load_jsonl(task.val_file)[: task.val_size]
   if train is None or held_out is None:
     train, held_out = splits(config)
-  return _countdown(task, "val_size", config.seed + _VALIDATION_SEED, [*train, *held_out])
+  return _countdown(task, task.val_size, config.seed + _VALIDATION_SEED, [*train, *held_out],
+                    "task.val_size")
 
 
 def rl_problems(config, train: Sequence, held_out: Sequence) -> list:
@@ -72,19 +73,33 @@ def rl_problems(config, train: Sequence, held_out: Sequence) -> list:
     raise ValueError(f"rl.prompt_source={source!r}: allowed {PROMPT_SOURCES}")
   if source == "train":
     return list(train)
+  return fresh_problems(config, train, held_out, config.rl.fresh_size, "rl.fresh_size")
+
+
+def sft_problems(config, train: Sequence, held_out: Sequence) -> list:
+  """What SFT trains on: the training split, plus the first `task.sft_extra_fresh` of RL's fresh
+  prompts (with solver answers) — the supervised counterpart of RL on those prompts."""
+  n = config.task.sft_extra_fresh
+  if not n:
+    return list(train)
+  return [*train, *fresh_problems(config, train, held_out, n, "task.sft_extra_fresh")]
+
+
+def fresh_problems(config, train: Sequence, held_out: Sequence, n: int,
+                   field: str = "rl.fresh_size") -> list:
+  """The first `n` Countdown problems after training, held-out and validation (one fixed
+  sequence per seed, so equal `n` gives RL's fresh prompts and SFT's `task.sft_extra_fresh`
+  the same problems)."""
   if config.task.name != "countdown":
-    raise ValueError(f"rl.prompt_source='fresh' needs a procedural task (task.name='countdown'), "
-                     f"got task.name={config.task.name!r}")
+    raise ValueError(f"{field}={n}: fresh problems need a procedural task (task.name='countdown'),"
+                     f" got task.name={config.task.name!r}")
   val = validation_split(config, train, held_out)
-  return _countdown(config.task, "fresh_size", config.seed + _FRESH_SEED,
-                    [*train, *held_out, *val], size=config.rl.fresh_size, field="rl.fresh_size")
+  return _countdown(config.task, n, config.seed + _FRESH_SEED, [*train, *held_out, *val], field)
 
 
-def _countdown(task, size_key: str, seed: int, exclude: Sequence, *, size: int | None = None,
-               field: str | None = None) -> list:
-  """`task[size_key]` (or `size`) Countdown problems for `seed`, none equal to one in `exclude`."""
-  n = task[size_key] if size is None else size
-  field = field or f"task.{size_key}"
+def _countdown(task, n: int, seed: int, exclude: Sequence, field: str) -> list:
+  """`n` Countdown problems of `task`'s distribution for `seed`, none equal to one in `exclude`;
+  errors name `field` (the config key that asked for `n`)."""
   try:
     return countdown.generate_problems(n, seed=seed, exclude=exclude, **_countdown_kwargs(task))
   except ValueError as e:
