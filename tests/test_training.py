@@ -235,3 +235,37 @@ def test_split_options_are_validated():
   m.rl.prompt_source = "fresh"
   with pytest.raises(ValueError, match="rl.fresh_size=2000: fresh problems need a procedural.*'math'"):
     task_data.rl_problems(m, [], [])
+
+
+def test_evaluation_pads_a_partial_last_batch():
+  """7 problems in batches of 3 (the last one padded) score exactly as one batch of 7: greedy
+  decoding of a row does not depend on the rows beside it, and the padding copies are dropped."""
+  from mdpo_jax.data import pipeline
+  from mdpo_jax.models import llada
+  from mdpo_jax.training import evaluation, setup, task_data
+  c = _tiny_config()
+  tokenizer = setup.make_tokenizer(c)
+  cfg = setup.model_config(c, tokenizer)
+  params = llada.init_params(cfg, jax.random.key(3))
+  _, held = task_data.splits(c)
+  problems = held[:7]
+  prompts, mask = pipeline.eval_prompts([task_data.prompt_text(c, p) for p in problems],
+                                        tokenizer, prompt_len=c.data.prompt_len,
+                                        pad_id=cfg.pad_token_id)
+  scored = []
+
+  def reward(answer, problem):  # records what is scored; 1 for an answer of even length
+    scored.append((answer, problem))
+    return float(len(answer) % 2 == 0)
+
+  def run(batch_size):
+    scored.clear()
+    rows = evaluation.evaluate(cfg, params, tokenizer, prompts, mask, problems, reward,
+                               [evaluation.Setting(4, "low_confidence", 0.0)], gen_length=8,
+                               block_length=8, batch_size=batch_size, trajectory_stats=False,
+                               progress=False)
+    return rows[0], list(scored)
+  (whole, scored_whole), (parts, scored_parts) = run(7), run(3)
+  assert [p for _, p in scored_parts] == list(problems)   # each problem once, padding dropped
+  assert scored_parts == scored_whole                     # the same answers
+  assert parts["n"] == 7 and parts["accuracy"] == whole["accuracy"]

@@ -76,10 +76,6 @@ def validate_config(config) -> None:
   for name in ("num_problems", "batch_size"):
     if int(ev[name]) < 1:
       raise ValueError(f"eval.{name}={ev[name]}: must be ≥ 1")
-  n = min(int(ev.num_problems), int(config.task.eval_size))
-  if n > ev.batch_size and n % ev.batch_size:
-    raise ValueError(f"eval.batch_size={ev.batch_size} must divide the {n} evaluated problems "
-                     "(eval.num_problems, at most task.eval_size)")
   for setting in settings:
     try:
       SamplerConfig(gen_length=int(ev.gen_length), block_length=int(ev.block_length),
@@ -94,12 +90,14 @@ def evaluate(model_cfg: llada.LLaDAConfig, params, tokenizer, prompts_NxP: np.nd
              settings: Sequence[Setting], *, gen_length: int, block_length: int,
              batch_size: int, seed: int = 0, trajectory_stats: bool = True,
              progress: bool = True) -> list[dict]:
-  """One result row per setting: accuracy (+95% interval) and intermediate-step statistics."""
+  """One result row per setting: accuracy (+95% interval) and intermediate-step statistics.
+
+  Every sampler call has `batch_size` rows (a last partial batch is padded by repeating its last
+  prompt, and the copies are dropped), so one compilation serves any number of problems.
+  """
   n = prompts_NxP.shape[0]
   if n != len(problems):
     raise ValueError(f"{n} prompts but {len(problems)} problems")
-  if n % batch_size and n > batch_size:
-    raise ValueError(f"eval.batch_size={batch_size} must divide eval.num_problems={n}")
   batch_size = min(batch_size, n)
   fwd = llada.forward_fn(model_cfg)
   stops = (model_cfg.eos_token_id, model_cfg.eot_token_id)
@@ -113,15 +111,18 @@ def evaluate(model_cfg: llada.LLaDAConfig, params, tokenizer, prompts_NxP: np.nd
     batches = range(0, n, batch_size)
     for start in tqdm(batches, desc=f"eval {setting.name}", disable=not progress, leave=False):
       sl = slice(start, start + batch_size)
-      out = generate(fwd, params, prompts_NxP[sl], sc, jax.random.key(seed + start),
-                     prompt_mask=prompt_mask_NxP[sl],
+      real = len(problems[sl])
+      rows_B = np.minimum(np.arange(start, start + batch_size), start + real - 1)
+      out = generate(fwd, params, prompts_NxP[rows_B], sc, jax.random.key(seed + start),
+                     prompt_mask=prompt_mask_NxP[rows_B],
                      return_trajectory=trajectory_stats)
       tokens, traj = out if trajectory_stats else (out, None)
-      answers = decode_answers(tokenizer, np.asarray(tokens)[:, p:], stops)
+      tokens = np.asarray(tokens)[:real]
+      answers = decode_answers(tokenizer, tokens[:, p:], stops)
       r_final = np.asarray([reward(a, prob) for a, prob in zip(answers, problems[sl])])
       final.append(r_final)
       if trajectory_stats:
-        x0_TxBxG = np.asarray(traj.x0)[:, :, p:]
+        x0_TxBxG = np.asarray(traj.x0)[:, :real, p:]
         r_mid = np.stack([[reward(a, prob) for a, prob in
                            zip(decode_answers(tokenizer, x0_TxBxG[t], stops), problems[sl])]
                           for t in range(x0_TxBxG.shape[0] - 1)]) if x0_TxBxG.shape[0] > 1 \
