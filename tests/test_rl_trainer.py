@@ -282,3 +282,28 @@ def test_mdpo_through_the_cli(tmp_path, sft_checkpoint):
   assert "| rcr | 4 |" in res.stdout
   assert [r["step"] for r in _rows(tmp_path)] == [1, 2]
   assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "2"
+
+
+def test_rollouts_draw_only_the_configured_prompts(tmp_path, sft_checkpoint, monkeypatch):
+  """rl.prompt_source=fresh: every rollout problem is a fresh one, none SFT trained on; train:
+  every one is a training problem."""
+  drawn = []
+  real_sample = rollout.sample
+
+  def recording_sample(forward_fn, params, prompts, pmask, problems, *args, **kwargs):
+    drawn.extend(problems)
+    return real_sample(forward_fn, params, prompts, pmask, problems, *args, **kwargs)
+  monkeypatch.setattr(rollout, "sample", recording_sample)
+  for source in ("fresh", "train"):
+    c = _tiny(countdown_tiny_mdpo.get_config())
+    c.model.init_checkpoint = sft_checkpoint
+    c.task.val_size, c.rl.fresh_size, c.rl.num_updates = 16, 32, 2
+    c.rl.prompt_source = source
+    drawn.clear()
+    rl_trainer.train(c, tmp_path / source)
+    train, held = task_data.splits(c)
+    allowed = task_data.rl_problems(c, train, held)
+    assert len(drawn) == 2 * c.rl.prompts_per_update
+    assert all(p in allowed for p in drawn), source
+    if source == "fresh":
+      assert not any(p in train or p in held for p in drawn)
