@@ -40,11 +40,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1             # -1: all devices not used by the other axes
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  c.mesh.rules = ""            # logical-axis rules overrides, e.g. "embed=,mlp=fsdp"; "" = the
+                               # default table in mdpo_jax.parallel
 
   # ---- task and data -------------------------------------------------------------------------
   c.task = ml_collections.ConfigDict()
-  c.task.name = "countdown"    # countdown (procedural) | math (JSONL files below); pretraining
-                               # reads data.pretrain_files instead
+  c.task.name = "countdown"    # countdown | math | gsm8k | sudoku (countdown, sudoku: procedural;
+                               # math, gsm8k: JSONL files below); pretraining reads
+                               # data.pretrain_files instead
   c.task.train_file = ""       # math: training records (problem, answer/solution) as JSONL
   c.task.eval_file = ""        # math: held-out records, e.g. MATH500 as JSONL
   c.task.num_numbers = (3,)    # allowed counts of numbers per problem
@@ -59,6 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
                                        # the prompt's order when a solution does: 59% of
                                        # `reachable` problems, every `expression` one)
   c.task.prompt_style = "compact"  # compact (numbers + target) | full (SPEC §5 instructions)
+  c.task.empty_min = 6         # sudoku: empty cells per puzzle, drawn uniformly from
+  c.task.empty_max = 10        # [empty_min, empty_max] (≤ 12: 4 clues at least)
   c.task.train_size = 12000    # procedural training problems (seed = c.seed); 3 numbers in
                                # 1–20 with targets ≤ 100 have only 16292 distinct solvable problems
   c.task.eval_size = 1000      # held-out problems (disjoint from training: seed + 1, deduplicated)

@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mdpo_jax import parallel
-from mdpo_jax.training import evaluation, loop, setup, task_data
+from mdpo_jax.training import evaluation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.",
                                           lock_config=True)
@@ -35,26 +35,15 @@ def main(argv):
   if bool(_CHECKPOINT.value) == bool(_HF.value):
     raise app.UsageError("give exactly one of --checkpoint and --hf_checkpoint")
   parallel.initialize_distributed()
-  config = _CONFIG.value
-  with config.unlocked():
-    if _HF.value:
-      config.model.hf_checkpoint = _HF.value
-    else:
-      config.model.init_checkpoint = _CHECKPOINT.value
-    # Evaluation trains nothing: a LoRA run's checkpoint is merged with its base on load (from the
-    # config saved with it), so this config's model.lora_rank does not apply here.
-    config.model.lora_rank = 0
   try:
-    mesh = parallel.mesh_from_config(config.mesh)
-    tokenizer = setup.make_tokenizer(config)
-    model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(config.seed))
-    _, held_out = task_data.splits(config)
-    rows = loop.run_eval(config, model_cfg, params, tokenizer, held_out)
+    rows, n = evaluation.evaluate_checkpoint(_CONFIG.value, checkpoint=_CHECKPOINT.value,
+                                             hf_checkpoint=_HF.value)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from e
   if jax.process_index() == 0:
-    print(f"{len(held_out[: config.eval.num_problems])} held-out problems, seed {config.seed}, "
-          f"gen_length {config.eval.gen_length}, block_length {config.eval.block_length}")
+    config = _CONFIG.value
+    print(f"{n} held-out problems, seed {config.seed}, gen_length {config.eval.gen_length}, "
+          f"block_length {config.eval.block_length}")
     print(evaluation.markdown_table(rows))
     if _OUT.value:
       with open(_OUT.value, "w", encoding="utf-8") as f:

@@ -1,10 +1,15 @@
-"""One device mesh, logical axis names, and sharded parameter creation.
+"""One device mesh, logical axis names, and the shardings they give.
 
 Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`,
 `layers`, `norm`); a rules table maps each onto mesh axes `('data', 'fsdp', 'tensor')`. The batch
 is split over `data` × `fsdp` (FSDP shards parameters along `embed` and gathers them per layer;
 `tensor` splits heads, MLP width and vocabulary). Meshes use `AxisType.Auto` so XLA's sharding
 propagation places the activations (jax defaults to Explicit axes in newer versions).
+
+This module knows no model family and imports nothing from `mdpo_jax`: a model supplies its own
+tree of logical axes (e.g. `llada.param_logical_axes`) and turns it into shardings with
+`shardings_from_axes` (see `llada.param_shardings`, `lora.adapter_shardings`). A run may
+override the rules table from its config (`mesh.rules`, read with `parse_rules`).
 """
 
 from __future__ import annotations
@@ -62,12 +67,62 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
               axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
-def mesh_from_config(mesh_config: Mapping[str, int]) -> Mesh:
-  """Mesh from a config section `{data: .., fsdp: .., tensor: ..}`; unknown keys are an error."""
-  unknown = set(mesh_config) - set(MESH_AXES)
+def mesh_from_config(mesh_config: Mapping[str, Any]) -> Mesh:
+  """Mesh from a config section `{data: .., fsdp: .., tensor: .., rules: ..}`.
+
+  Only data/fsdp/tensor shape the mesh; `rules` (the logical-axis rules, see `parse_rules`) is
+  allowed in the section and ignored here. Any other key is an error.
+  """
+  unknown = set(mesh_config) - set(MESH_AXES) - {"rules"}
   if unknown:
-    raise ValueError(f"mesh: unknown axes {sorted(unknown)}; allowed {MESH_AXES}")
-  return make_mesh(**{k: int(v) for k, v in mesh_config.items()})
+    raise ValueError(f"mesh: unknown keys {sorted(unknown)}; allowed {MESH_AXES + ('rules',)}")
+  return make_mesh(**{k: int(v) for k, v in mesh_config.items() if k in MESH_AXES})
+
+
+_RULES_FORMAT = f"comma-separated logical=axis[+axis] with axes from {MESH_AXES}"
+
+
+def parse_rules(text: str, base: Sequence[tuple[str, Any]] = DEFAULT_RULES
+                ) -> tuple[tuple[str, Any], ...]:
+  """The rules table from its config form (`mesh.rules`), applied on top of `base`.
+
+  "" gives `base` unchanged. Otherwise comma-separated `logical=target` entries, each overriding
+  (or, for a new logical name, appending) one entry of `base`; target is empty (replicated), a
+  mesh axis, or several joined by "+" (`batch=data+fsdp`). Example: "embed=,mlp=fsdp". The
+  order of `base` is kept, new logical names come last.
+  """
+  def fail(problem: str):
+    raise ValueError(f"mesh.rules={text!r}: {problem}; allowed: {_RULES_FORMAT}")
+
+  if not isinstance(text, str):
+    fail(f"must be a string, got {type(text).__name__}")
+  if not text.strip():
+    return tuple(base)
+  overrides: dict[str, Any] = {}
+  for entry in text.split(","):
+    entry = entry.strip()
+    if not entry:
+      fail("empty entry")
+    if "=" not in entry:
+      fail(f"entry {entry!r} has no '='")
+    name, target = (part.strip() for part in entry.split("=", 1))
+    if not name.isidentifier():
+      fail(f"entry {entry!r}: logical axis name {name!r} must be an identifier")
+    if name in overrides:
+      fail(f"logical axis {name!r} is given twice")
+    if not target:
+      overrides[name] = None
+      continue
+    axes = tuple(axis.strip() for axis in target.split("+"))
+    bad = [axis for axis in axes if axis not in MESH_AXES]
+    if bad:
+      fail(f"entry {entry!r}: unknown mesh axis {bad[0]!r}")
+    if len(set(axes)) != len(axes):
+      fail(f"entry {entry!r}: a mesh axis is repeated")
+    overrides[name] = axes[0] if len(axes) == 1 else axes
+  table = dict(base)
+  table.update(overrides)
+  return tuple(table.items())
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = None, *,
@@ -101,22 +156,14 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = No
   return PartitionSpec(*spec)
 
 
-def param_shardings(config, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES):
-  """NamedSharding for every parameter of a LLaDA config (same tree as its params)."""
-  from mdpo_jax.models import llada  # models do not import parallel; the reverse is fine.
-  axes = llada.param_logical_axes(config)
-  shapes = llada.abstract_params(config)
+def shardings_from_axes(axes_tree, abstract_tree, mesh: Mesh,
+                        rules: Sequence[tuple[str, Any]] = DEFAULT_RULES):
+  """A NamedSharding per leaf, from a tree of logical-axis tuples and the matching tree of shapes
+  (`jax.ShapeDtypeStruct`s or arrays). Mesh axes that do not divide a dimension are dropped, as
+  in `logical_to_spec`."""
   return jax.tree.map(
       lambda ax, sd: NamedSharding(mesh, logical_to_spec(ax, sd.shape, mesh=mesh, rules=rules)),
-      axes, shapes, is_leaf=lambda x: isinstance(x, tuple))
-
-
-def init_sharded_params(config, rng: jax.Array, mesh: Mesh,
-                        rules: Sequence[tuple[str, Any]] = DEFAULT_RULES):
-  """Initialise parameters directly into their shards (never materialised whole on one device)."""
-  from mdpo_jax.models import llada
-  shardings = param_shardings(config, mesh, rules)
-  return jax.jit(lambda key: llada.init_params(config, key), out_shardings=shardings)(rng)
+      axes_tree, abstract_tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2,

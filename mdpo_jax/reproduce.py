@@ -36,10 +36,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs import countdown_tiny_diffu_grpo, countdown_tiny_mdpo, countdown_tiny_sft
-from mdpo_jax import parallel
-from mdpo_jax.data import pipeline
-from mdpo_jax.rl import trainer as rl_trainer
-from mdpo_jax.training import evaluation, loop, setup, task_data
+from mdpo_jax.training import evaluation, rl_loop, sft_loop
 
 _SFT_CONFIG = config_flags.DEFINE_config_file(
     "sft_config", countdown_tiny_sft.__file__, "SFT recipe; override keys as "
@@ -91,28 +88,18 @@ def _configs(seed: int):
 
 
 def _evaluate(seed: int, checkpoint_dir: Path, rl_temperature: float) -> list[dict]:
-  """Accuracy of a checkpoint on the seed's held-out (or validation) problems."""
+  """Accuracy of a checkpoint on the seed's held-out (or validation) problems, through the
+  evaluation path of `python -m mdpo_jax.evaluate`."""
   config = _configs(seed)[0]
-  config.model.init_checkpoint = str(checkpoint_dir)
-  config.model.lora_rank = 0   # a LoRA run's checkpoint is read merged (setup.load_run_params)
-  mesh = parallel.mesh_from_config(config.mesh)
-  tokenizer = setup.make_tokenizer(config)
-  model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(0))
-  train, held_out = task_data.splits(config)
-  if _EVAL_SPLIT.value == "validation":
-    held_out = task_data.validation_split(config, train, held_out)
-  problems = held_out[: _EVAL.value]
-  prompts, mask = pipeline.eval_prompts([task_data.prompt_text(config, p) for p in problems],
-                                        tokenizer, prompt_len=config.data.prompt_len,
-                                        pad_id=model_cfg.pad_token_id)
+  with config.unlocked():
+    config.eval.trajectory_stats = True   # the table's over-denoising column
   steps = _STEPS.value or [_configs(seed)[1].rl.steps]
   settings = [evaluation.Setting(int(s), r, t) for s in steps
               for t in (0.0, rl_temperature) for r in ("low_confidence", "rcr")]
-  return evaluation.evaluate(model_cfg, params, tokenizer, prompts, mask, problems,
-                             task_data.reward_fn(config), settings,
-                             gen_length=config.eval.gen_length,
-                             block_length=config.eval.block_length,
-                             batch_size=config.eval.batch_size, seed=config.seed)
+  rows, _ = evaluation.evaluate_checkpoint(config, checkpoint=str(checkpoint_dir),
+                                           split=_EVAL_SPLIT.value, num_problems=_EVAL.value,
+                                           settings=settings)
+  return rows
 
 
 def _phase(out: Path, name: str, fn):
@@ -133,7 +120,7 @@ def run_seed(root: Path, seed: int) -> dict:
 
   def train_sft():
     start = time.time()
-    loop_result = loop.train(sft, out / "sft")
+    loop_result = sft_loop.train(sft, out / "sft")
     return {"minutes": (time.time() - start) / 60, "step": loop_result["step"]}
 
   info = {"sft": _phase(out, "sft_train", train_sft)}
@@ -143,7 +130,7 @@ def run_seed(root: Path, seed: int) -> dict:
   def train_rl(config, name):
     def run():
       start = time.time()
-      r = rl_trainer.train(config, out / name)
+      r = rl_loop.train(config, out / name)
       hist = r["history"]
       return {"minutes": (time.time() - start) / 60, "updates": r["update"],
               "reward_first": float(np.mean([h["reward/final_mean"] for h in hist[:10]])),
@@ -205,7 +192,7 @@ def _train_control(seed: int, out: Path, minutes: float, extra_fresh: int = 0):
 
   def train_control():
     start = time.time()
-    r = loop.train(control, out / ("control_fresh" if extra_fresh else "control"))
+    r = sft_loop.train(control, out / ("control_fresh" if extra_fresh else "control"))
     return {"minutes": (time.time() - start) / 60, "step": r["step"]}
   return train_control
 

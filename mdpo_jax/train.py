@@ -14,11 +14,9 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from mdpo_jax import config as config_lib
 from mdpo_jax import parallel
-from mdpo_jax.training import evaluation, loop
-
-SUPERVISED = ("pretrain", "sft")
-RL = ("mdpo", "diffu_grpo")
+from mdpo_jax.training import evaluation, rl_loop, sft_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a Python file).",
                                           lock_config=True)
@@ -29,18 +27,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   parallel.initialize_distributed()
-  config = _CONFIG.value
-  logging.info("config:\n%s", config)
   try:
-    if config.trainer in SUPERVISED:
-      result = loop.train(config, _WORKDIR.value)
-    elif config.trainer in RL:
-      from mdpo_jax.rl import trainer as rl_trainer
-      result = rl_trainer.train(config, _WORKDIR.value)
-      result["step"], result["loss"] = result["update"], None
-    else:
-      raise ValueError(f"trainer={config.trainer!r}: allowed {SUPERVISED + RL}")
-  except ValueError as e:  # configuration errors: say what is wrong, no traceback wall
+    config = config_lib.parse(_CONFIG.value)   # every check, before anything is built
+  except ValueError as e:  # configuration errors: one line, no traceback wall
+    raise app.UsageError(str(e)) from e
+  logging.info("config:\n%s", _CONFIG.value)
+  try:
+    loop = rl_loop if config.is_rl else sft_loop
+    result = loop.train(config, _WORKDIR.value)
+  except ValueError as e:  # errors found while building the run (files, shapes, devices)
     raise app.UsageError(str(e)) from e
   if jax.process_index() == 0:
     print(f"finished at step {result['step']}; last loss {result['loss']}")

@@ -165,7 +165,7 @@ def test_load_with_mesh_places_shards(tmp_path):
   mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
   _, loaded = hf.load_pretrained(tmp_path / "ckpt", mesh=mesh)
-  expected = parallel.param_shardings(config, mesh)
+  expected = llada.param_shardings(config, mesh)
   for (path, leaf), want in zip(jax.tree_util.tree_leaves_with_path(loaded),
                                 jax.tree.leaves(expected)):
     assert leaf.sharding.is_equivalent_to(want, leaf.ndim), jax.tree_util.keystr(path)

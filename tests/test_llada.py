@@ -163,7 +163,7 @@ def test_sharded_forward_and_train_step(cfg):
   """jit forward + one AdamW step on a (data=2, fsdp=2, tensor=2) mesh with sharded params."""
   cfg = cfg.replace(vocab_size=64, mask_token_id=63, d_model=32, n_heads=4, n_kv_heads=4)
   mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
-  params = parallel.init_sharded_params(cfg, jax.random.key(0), mesh)
+  params = llada.init_sharded_params(cfg, jax.random.key(0), mesh)
   # Parameters really are split: q_proj [N, D, H, E] has D over fsdp and H over tensor.
   q = params["blocks"]["q_proj"]
   assert q.sharding.spec == P(None, "fsdp", "tensor", None)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import base as base_config
 from mdpo_jax import parallel
@@ -170,11 +170,17 @@ def test_adapters_shard_and_run_on_a_mesh(setup_all):
   cfg, lcfg, params, adapters = setup_all
   mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
   axes = lora.adapter_logical_axes(cfg, lcfg)
-  shardings = jax.tree.map(
+  shardings = lora.adapter_shardings(cfg, lcfg, mesh)
+  # The same as the logical axes mapped one by one through the default rules.
+  expected = jax.tree.map(
       lambda ax, x: NamedSharding(mesh, parallel.logical_to_spec(ax, x.shape, mesh=mesh)),
       axes, adapters, is_leaf=lambda x: isinstance(x, tuple))
+  assert shardings == expected
+  # A [N, D, r] keeps the weight's embed split, B [N, r, H, E] its heads split; r stays whole.
+  assert shardings["blocks"]["q_proj"]["lora_a"].spec == P(None, "fsdp", None)
+  assert shardings["blocks"]["q_proj"]["lora_b"].spec == P(None, None, "tensor", None)
   sharded = jax.device_put(_randomize(adapters), shardings)
-  sharded_params = jax.device_put(params, parallel.param_shardings(cfg, mesh))
+  sharded_params = jax.device_put(params, llada.param_shardings(cfg, mesh))
   tokens = _tokens(cfg, (4, 9))
   out = jax.jit(lora.forward, static_argnums=(0, 1))(cfg, lcfg, sharded_params, sharded, tokens)
   ref = lora.forward(cfg, lcfg, params, _randomize(adapters), tokens)
@@ -231,7 +237,7 @@ def test_rank_larger_than_a_weight_is_refused_by_setup():
 
 
 def test_sft_loop_trains_only_adapters(tmp_path):
-  from mdpo_jax.training import checkpoint, loop   # noqa: PLC0415  (heavier imports)
+  from mdpo_jax.training import checkpoint, sft_loop   # noqa: PLC0415  (heavier imports)
   c = base_config.get_config()   # as tests/test_training.py's tiny run
   c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.n_kv_heads = 32, 2, 2, 2
   c.model.mlp_hidden_size = 64
@@ -246,7 +252,7 @@ def test_sft_loop_trains_only_adapters(tmp_path):
   c.eval.trajectory_stats = False
   c.logging.tensorboard = False
   c.model.lora_rank, c.model.lora_alpha, c.model.lora_targets = 4, 8.0, "q_proj,v_proj,ff_out"
-  result = loop.train(c, tmp_path)
+  result = sft_loop.train(c, tmp_path)
   adapters = result["adapters"]
   assert set(adapters["blocks"]) == {"q_proj", "v_proj", "ff_out"}
   assert any(np.any(np.asarray(ab["lora_b"])) for ab in adapters["blocks"].values())

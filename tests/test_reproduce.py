@@ -77,3 +77,12 @@ def test_recipe_overrides_and_validation_split_reach_every_run():
                         "--eval_split=test"], capture_output=True, text=True,
                        cwd=Path(__file__).parents[1])
   assert bad.returncode != 0 and "eval_split" in bad.stderr and "validation" in bad.stderr
+
+
+def test_runs_from_any_working_directory(tmp_path):
+  """The recipes are an installed package (`configs`), so reproduce starts anywhere: from an
+  empty folder it gets as far as flag validation (a bad --eval_split), not an ImportError."""
+  res = subprocess.run([sys.executable, "-m", "mdpo_jax.reproduce", f"--workdir={tmp_path}",
+                        "--eval_split=test"], capture_output=True, text=True, cwd=tmp_path)
+  assert res.returncode != 0 and "ModuleNotFoundError" not in res.stderr, res.stderr[-2000:]
+  assert "eval_split" in res.stderr

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from configs import countdown_tiny_diffu_grpo, countdown_tiny_mdpo
-from mdpo_jax import parallel
+from mdpo_jax import parallel, tasks
 from mdpo_jax.models import llada, lora
 from mdpo_jax.rl import rollout
-from mdpo_jax.rl import trainer as rl_trainer
 from mdpo_jax.sampling.sampler import Trajectory
-from mdpo_jax.training import checkpoint, loop, metrics, setup, task_data
+from mdpo_jax.training import checkpoint, metrics, rl_loop, setup, sft_loop
+from mdpo_jax.training import run as run_lib
 
 # qwix 0.1.8 still reads Variable.value / VariableState, deprecated in flax 0.12.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:qwix.*")
@@ -103,7 +103,7 @@ def sft_checkpoint(tmp_path_factory):
   c.trainer = "sft"
   c.train.num_steps = 3
   c.train.checkpoint_every = 3
-  loop.train(c, workdir)
+  sft_loop.train(c, workdir)
   return str(workdir / "checkpoints")
 
 
@@ -116,7 +116,13 @@ def _digit_share(completion, problem):
 
 @pytest.fixture
 def dense_reward(monkeypatch):
-  monkeypatch.setattr(task_data, "reward_fn", lambda config: _digit_share)
+  real_build = tasks.build
+
+  def build(task_cfg, seed):
+    task = real_build(task_cfg, seed)
+    task.reward = _digit_share
+    return task
+  monkeypatch.setattr(run_lib.tasks, "build", build)
 
 
 def _rows(workdir):
@@ -135,7 +141,7 @@ def test_rl_updates_resume_exactly(tmp_path, sft_checkpoint, dense_reward, recip
   c.rl.beta, c.rl.inner_iters = beta, inner
   c.rl.filter, c.rl.filter_pool_size, c.rl.filter_refresh_updates = filt, 8, 2
   c.rl.num_updates = 3
-  straight = rl_trainer.train(c, tmp_path / "straight")
+  straight = rl_loop.train(c, tmp_path / "straight")
   assert straight["update"] == 3 and len(straight["eval"]) == 1
   want = _rows(tmp_path / "straight")
   assert [r["step"] for r in want] == [1, 2, 3]
@@ -144,9 +150,9 @@ def test_rl_updates_resume_exactly(tmp_path, sft_checkpoint, dense_reward, recip
   assert {r["block_length"] for r in want} <= {4.0, 8.0}
 
   c.rl.num_updates = 2
-  rl_trainer.train(c, tmp_path / "resumed")
+  rl_loop.train(c, tmp_path / "resumed")
   c.rl.num_updates = 3
-  again = rl_trainer.train(c, tmp_path / "resumed")
+  again = rl_loop.train(c, tmp_path / "resumed")
   assert again["update"] == 3
   got = _rows(tmp_path / "resumed")
   assert [r["step"] for r in got] == [1, 2, 3]  # updates 1-2 were not redone
@@ -167,7 +173,7 @@ def test_lora_rl_starts_as_full_fine_tune_and_trains_only_adapters(tmp_path, sft
   c.model.init_checkpoint = sft_checkpoint
   c.rl.beta, c.rl.inner_iters, c.rl.num_updates = 0.04, 1, 1
   c.optim.lr = 1e-3
-  full = rl_trainer.train(c, tmp_path / "full")
+  full = rl_loop.train(c, tmp_path / "full")
   assert "adapters" not in full
   c.model.lora_rank, c.model.lora_alpha, c.model.lora_targets = 4, 8.0, "q_proj,v_proj,ff_out"
   c.rl.num_updates = 2
@@ -179,7 +185,7 @@ def test_lora_rl_starts_as_full_fine_tune_and_trains_only_adapters(tmp_path, sft
     return real_sample(forward_fn, params, *args, **kwargs)
   real_sample = rollout.sample
   monkeypatch.setattr(rollout, "sample", recording_sample)
-  low_rank = rl_trainer.train(c, tmp_path / "lora")
+  low_rank = rl_loop.train(c, tmp_path / "lora")
   want, got = _rows(tmp_path / "full")[0], _rows(tmp_path / "lora")[0]
   assert want["reward/mixed_groups"] > 0 and want["grad_norm"] > 1e-3   # a real gradient
   compared = set(want) - {"grad_norm", "seconds", "time"}
@@ -233,7 +239,7 @@ def test_rl_from_a_lora_sft_run_starts_from_its_merged_params(tmp_path, dense_re
   sft.optim.lr = 3e-3
   sft.train.num_steps = sft.train.checkpoint_every = 2
   sft.model.lora_rank, sft.model.lora_alpha = 4, 8.0
-  sft_result = loop.train(sft, tmp_path / "sft")
+  sft_result = sft_loop.train(sft, tmp_path / "sft")
   assert np.any(np.asarray(sft_result["adapters"]["blocks"]["q_proj"]["lora_b"]))
   mesh = parallel.mesh_from_config(sft.mesh)
 
@@ -244,7 +250,7 @@ def test_rl_from_a_lora_sft_run_starts_from_its_merged_params(tmp_path, dense_re
   jax.tree.map(np.testing.assert_array_equal, start, sft_result["params"])
 
   c.model.lora_rank, c.rl.num_updates, c.optim.lr = 2, 1, 1e-3
-  result = rl_trainer.train(c, tmp_path / "rl")
+  result = rl_loop.train(c, tmp_path / "rl")
   lcfg = lora.LoraConfig(rank=2, alpha=c.model.lora_alpha)
   jax.tree.map(np.testing.assert_array_equal, result["params"],
                jax.jit(lora.merge, static_argnums=0)(lcfg, sft_result["params"],
@@ -300,9 +306,10 @@ def test_rollouts_draw_only_the_configured_prompts(tmp_path, sft_checkpoint, mon
     c.task.val_size, c.rl.fresh_size, c.rl.num_updates = 16, 32, 2
     c.rl.prompt_source = source
     drawn.clear()
-    rl_trainer.train(c, tmp_path / source)
-    train, held = task_data.splits(c)
-    allowed = task_data.rl_problems(c, train, held)
+    rl_loop.train(c, tmp_path / source)
+    task = tasks.build(c.task, c.seed)
+    train, held = task.train(), task.held_out()
+    allowed = train if source == "train" else task.fresh(c.rl.fresh_size)
     assert len(drawn) == 2 * c.rl.prompts_per_update
     assert all(p in allowed for p in drawn), source
     if source == "fresh":

@@ -229,7 +229,7 @@ def test_no_recompilation_on_second_call(model):
 def test_sharded_params_and_batch_match_unsharded(model):
   cfg, _ = model
   mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
-  params = parallel.init_sharded_params(cfg.replace(init_std=0.3), jax.random.key(7), mesh)
+  params = llada.init_sharded_params(cfg.replace(init_std=0.3), jax.random.key(7), mesh)
   prompt, pmask = _prompts([5, 4, 3, 2], 5, cfg.pad_token_id)
   sharded = parallel.shard_batch({"p": prompt, "m": pmask}, mesh)
   assert params["blocks"]["q_proj"].sharding.spec[1] == "fsdp"

@@ -596,6 +596,26 @@ def test_sudoku_prompt():
   assert sudoku.prompt("0402104340000030", style="compact") == "Puzzle: 0402104340000030\n"
 
 
+def test_sudoku_generator_exclude():
+  pairs = sudoku.generate_puzzles(40, seed=3, num_empty=(6, 10))
+  assert sudoku.generate_puzzles(40, seed=3, num_empty=(6, 10), exclude=()) == pairs
+  skip = {p for p, _ in pairs[::2]}
+  more = sudoku.generate_puzzles(40, seed=3, num_empty=(6, 10), exclude=skip)
+  assert more == sudoku.generate_puzzles(40, seed=3, num_empty=(6, 10), exclude=sorted(skip))
+  assert not skip & {p for p, _ in more}
+  # Excluding only skips draws: the puzzles not excluded come in the same order as without it.
+  assert [pair for pair in pairs if pair[0] not in skip] == more[:20]
+  with pytest.raises(ValueError, match="could only generate 0"):
+    sudoku.generate_puzzles(1, seed=0, num_empty=0, exclude=sudoku.solve_all("0" * 16, limit=None))
+
+
+def test_last_boxed_has_one_home():
+  from mdpo_jax.tasks import text
+  assert text.last_boxed("a \\boxed{1} b \\boxed {x{y}z} \\boxed{open") == "x{y}z"
+  assert cd.last_boxed is gsm8k.last_boxed is sudoku.last_boxed is text.last_boxed
+  assert "last_boxed" not in math_task.__all__
+
+
 def test_registry():
   assert set(TASKS) == {"countdown", "math", "gsm8k", "sudoku"}
-  assert all(callable(m.reward) and callable(m.prompt) for m in TASKS.values())
+  assert all(callable(cls.reward) and callable(cls.prompt) for cls in TASKS.values())

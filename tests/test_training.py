@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from mdpo_jax.training import checkpoint, loop, metrics, optim
+from mdpo_jax import tasks
+from mdpo_jax.training import checkpoint, metrics, optim, sft_loop
 
 
 def _tiny_config(num_steps=8):
@@ -40,18 +41,18 @@ def test_training_lowers_the_loss(tmp_path):
   c = _tiny_config(num_steps=60)
   c.train.log_every = 10
   c.optim.grad_accum_steps = 2
-  loop.train(c, tmp_path)
+  sft_loop.train(c, tmp_path)
   losses = _losses(tmp_path)
   assert losses[60] < 0.7 * losses[10], losses
 
 
 def test_resume_after_stop_matches_uninterrupted_run(tmp_path, monkeypatch):
   c = _tiny_config(num_steps=8)
-  loop.train(c, tmp_path / "straight")
+  sft_loop.train(c, tmp_path / "straight")
   want = _losses(tmp_path / "straight")
 
   # Preempt after step 5: step 4 is checkpointed, step 5 is lost and must be redone.
-  real = loop._batch_to_device
+  real = sft_loop._batch_to_device
   calls = {"n": 0}
 
   def preempted(batch, mesh):
@@ -60,11 +61,11 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path, monkeypatch):
       raise KeyboardInterrupt("preempted")
     return real(batch, mesh)
 
-  monkeypatch.setattr(loop, "_batch_to_device", preempted)
+  monkeypatch.setattr(sft_loop, "_batch_to_device", preempted)
   with pytest.raises(KeyboardInterrupt):
-    loop.train(c, tmp_path / "stopped")
-  monkeypatch.setattr(loop, "_batch_to_device", real)
-  result = loop.train(c, tmp_path / "stopped")
+    sft_loop.train(c, tmp_path / "stopped")
+  monkeypatch.setattr(sft_loop, "_batch_to_device", real)
+  result = sft_loop.train(c, tmp_path / "stopped")
   assert result["step"] == 8
   got = [r for r in metrics.read_jsonl(tmp_path / "stopped" / "metrics.jsonl") if "loss" in r]
   resumed = {r["step"]: r["loss"] for r in got[5:]}  # rows written after the restart
@@ -115,7 +116,7 @@ def test_evaluate_cli_reproduces_the_end_of_training_eval(tmp_path):
   c = _tiny_config(num_steps=4)
   c.eval.remasking = ("low_confidence", "rcr")
   c.eval.trajectory_stats = True
-  result = loop.train(c, tmp_path)
+  result = sft_loop.train(c, tmp_path)
   # The checkpoint holds exactly the final parameters (restored alone, as evaluation/RL do).
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                           result["params"])
@@ -149,7 +150,6 @@ def test_evaluate_cli_reproduces_the_end_of_training_eval(tmp_path):
 
 def test_math_task_wiring(tmp_path):
   import json
-  from mdpo_jax.training import task_data
   rows = [{"problem": "What is 1+1?", "solution": "It is \\boxed{2}."},
           {"problem": "Half of 1?", "answer": "\\frac{1}{2}"}]
   for name in ("train.jsonl", "eval.jsonl"):
@@ -157,84 +157,29 @@ def test_math_task_wiring(tmp_path):
   c = base.get_config()
   c.task.name = "math"
   with pytest.raises(ValueError, match="task.train_file"):
-    task_data.splits(c)
+    tasks.build(c.task, c.seed).train()
   c.task.train_file, c.task.eval_file = str(tmp_path / "train.jsonl"), str(tmp_path / "eval.jsonl")
-  train, held = task_data.splits(c)
+  task = tasks.build(c.task, c.seed)
+  train, held = task.train(), task.held_out()
   assert [r["answer"] for r in held] == ["2", "\\frac{1}{2}"]
-  assert task_data.prompt_text(c, held[0]).startswith("What is 1+1?\nLet's think step by step")
-  reward = task_data.reward_fn(c)
-  assert reward("so \\boxed{0.5}", held[1]) == 1.0 and reward("\\boxed{3}", held[0]) == 0.0
+  assert task.prompt(held[0]).startswith("What is 1+1?\nLet's think step by step")
+  assert task.reward("so \\boxed{0.5}", held[1]) == 1.0 and task.reward("\\boxed{3}", held[0]) == 0.0
   with pytest.raises(ValueError, match="solution"):
-    task_data.sft_examples(c, train)  # the second record has no solution to train on
-  assert task_data.problem_key(held[0]) != task_data.problem_key(held[1])
+    task.sft_answer(train[1])  # the second record has no solution to train on
+  assert task.key(held[0]) != task.key(held[1])
 
 
-@pytest.mark.parametrize("key,value", [("target_sampling", "uniform"), ("solution_order", "sorted")])
-def test_countdown_task_keys_are_validated(key, value):
-  from mdpo_jax.training import task_data
-  c = base.get_config()
-  c.task.train_size, c.task.eval_size = 5, 5
-  c.task[key] = value
-  with pytest.raises(ValueError, match=f"task.{key}='{value}': allowed"):
-    task_data.splits(c)
-  with pytest.raises(ValueError, match=f"task.{key}='{value}': allowed"):
-    task_data.sft_examples(c, [])
-
-
-def _key(p):
-  return tuple(sorted(p.numbers)), p.target
-
-
-def test_validation_and_fresh_rl_prompts_are_disjoint_from_every_other_split():
-  from mdpo_jax.tasks import countdown
-  from mdpo_jax.training import task_data
+def test_sft_problems_add_rl_fresh_prompts_in_order():
+  """The control for RL on fresh prompts trains on the SFT problems + RL's first fresh ones."""
   c = base.get_config()
   c.task.train_size, c.task.eval_size, c.task.val_size = 300, 60, 60
-  c.rl.fresh_size = 120
-  train, held = task_data.splits(c)
-  val = task_data.validation_split(c)
-  assert val == task_data.validation_split(c, train, held)  # deterministic, either way called
-  assert task_data.rl_problems(c, train, held) == train     # default source: the SFT problems
-  c.rl.prompt_source = "fresh"
-  fresh = task_data.rl_problems(c, train, held)
-  splits = {"train": train, "held": held, "val": val, "fresh": fresh}
-  sizes = {"train": 300, "held": 60, "val": 60, "fresh": 120}
-  for name, problems in splits.items():
-    keys = {_key(p) for p in problems}
-    assert len(keys) == sizes[name], name           # right size, no duplicates within a split
-    for other, others in splits.items():
-      if other != name:
-        assert keys.isdisjoint(_key(p) for p in others), (name, other)
-  # SFT's extra fresh problems (the control for RL on fresh prompts) are RL's, in the same order.
-  assert task_data.fresh_problems(c, train, held, 50) == fresh[:50]
-  assert task_data.sft_problems(c, train, held) == train
+  task = tasks.build(c.task, c.seed)
+  run = type("Run", (), {"task": task, "config": c})
+  train, held = sft_loop._problems(run)
+  assert train == task.train() and held == task.held_out()
   c.task.sft_extra_fresh = 50
-  assert task_data.sft_problems(c, train, held) == train + fresh[:50]
-  # Same distribution as training: 3 numbers in range, a checked solution reaching the target.
-  for p in val + fresh:
-    assert len(p.numbers) == 3 and all(1 <= x <= 20 for x in p.numbers) and 1 <= p.target <= 100
-    assert countdown.reward(f"\\boxed{{{p.solution}}}", p.numbers, p.target) == 1.0
-
-
-def test_split_options_are_validated():
-  from mdpo_jax.training import task_data
-  c = base.get_config()
-  c.task.train_size, c.task.eval_size, c.task.val_size = 20, 5, 5
-  c.task.number_max, c.task.target_max = 4, 12   # a small problem space, exhausted quickly
-  train, held = task_data.splits(c)
-  c.rl.prompt_source = "heldout"
-  with pytest.raises(ValueError, match="rl.prompt_source='heldout': allowed"):
-    task_data.rl_problems(c, train, held)
-  c.rl.prompt_source, c.rl.fresh_size = "fresh", 200
-  with pytest.raises(ValueError, match="rl.fresh_size=200: not enough problems"):
-    task_data.rl_problems(c, train, held)
-  m = base.get_config()
-  m.task.name = "math"
-  with pytest.raises(ValueError, match="task.val_file=''"):
-    task_data.validation_split(m, [], [])
-  m.rl.prompt_source = "fresh"
-  with pytest.raises(ValueError, match="rl.fresh_size=2000: fresh problems need a procedural.*'math'"):
-    task_data.rl_problems(m, [], [])
+  train, _ = sft_loop._problems(run)
+  assert train == task.train() + task.fresh(120, "rl.fresh_size")[:50]
 
 
 def test_evaluation_pads_a_partial_last_batch():
@@ -242,14 +187,14 @@ def test_evaluation_pads_a_partial_last_batch():
   decoding of a row does not depend on the rows beside it, and the padding copies are dropped."""
   from mdpo_jax.data import pipeline
   from mdpo_jax.models import llada
-  from mdpo_jax.training import evaluation, setup, task_data
+  from mdpo_jax.training import evaluation, setup
   c = _tiny_config()
   tokenizer = setup.make_tokenizer(c)
   cfg = setup.model_config(c, tokenizer)
   params = llada.init_params(cfg, jax.random.key(3))
-  _, held = task_data.splits(c)
-  problems = held[:7]
-  prompts, mask = pipeline.eval_prompts([task_data.prompt_text(c, p) for p in problems],
+  task = tasks.build(c.task, c.seed)
+  problems = task.held_out()[:7]
+  prompts, mask = pipeline.eval_prompts([task.prompt(p) for p in problems],
                                         tokenizer, prompt_len=c.data.prompt_len,
                                         pad_id=cfg.pad_token_id)
   scored = []

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 from typing import Sequence
 
+import numpy as np
 import tokenizers
 from tokenizers import decoders, models
 
@@ -162,3 +163,21 @@ def encode_text(tokenizer: tokenizers.Tokenizer, text: str, *,
       raise ValueError(f"text {snippet!r} has characters the tokenizer cannot encode: {where}; "
                        "add them to the alphabet (build_char_tokenizer) or clean the text")
   return list(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def cut_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
+  """`ids` up to (not including) the first stop token (EOS/EOT): what follows is padding."""
+  ids = list(ids)
+  cut = len(ids)
+  for stop in stop_ids:
+    if stop in ids:
+      cut = min(cut, ids.index(stop))
+  return ids[:cut]
+
+
+def decode_completions(tokenizer: tokenizers.Tokenizer, ids_NxG, stop_ids: Sequence[int], *,
+                       skip_special_tokens: bool = True) -> list[str]:
+  """Generated rows as text, each cut at its first stop token (the one decoder that evaluation,
+  rollout rewards and the generate CLI share)."""
+  rows = [cut_at_stop(row, stop_ids) for row in np.asarray(ids_NxG).tolist()]
+  return tokenizer.decode_batch(rows, skip_special_tokens=skip_special_tokens)

@@ -44,6 +44,7 @@ import ml_dtypes
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from mdpo_jax import parallel
 from mdpo_jax.models import llada
 
 PathLike = str | os.PathLike
@@ -330,10 +331,6 @@ class _Entry:
   def layer_shape(self) -> tuple[int, ...]:
     return tuple(self.view_shape[p] for p in self.perm)
 
-  @property
-  def leaf_path(self) -> str:
-    return "/".join(self.path)
-
 
 def _layout(config: llada.LLaDAConfig) -> list[_Entry]:
   """Every leaf of our params with its HF name, shape and transform, in checkpoint order."""
@@ -568,19 +565,8 @@ def _set_layer_fn(sharding: jax.sharding.Sharding) -> Callable:
                  out_shardings=sharding, donate_argnums=0)
 
 
-def _default_shardings(config: llada.LLaDAConfig, mesh, rules) -> Any:
-  abstract = llada.abstract_params(config)
-  if mesh is None:
-    device = SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda _: device, abstract)
-  from mdpo_jax import parallel  # Only the sharded path needs the mesh rules.
-  if rules is None:
-    return parallel.param_shardings(config, mesh)
-  return parallel.param_shardings(config, mesh, rules)
-
-
 def load_pretrained(path: PathLike, *, dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
-                    rules: Sequence[tuple[str, Any]] | None = None,
+                    rules: Sequence[tuple[str, Any]] = parallel.DEFAULT_RULES,
                     **overrides: Any) -> tuple[llada.LLaDAConfig, dict]:
   """Load a LLaDA checkpoint folder into (sharded) device parameters.
 
@@ -592,9 +578,10 @@ def load_pretrained(path: PathLike, *, dtype: Any = None, mesh: jax.sharding.Mes
   Args:
     path: the checkpoint folder.
     dtype: parameter (and compute) dtype; None keeps the checkpoint's own float type bit for bit.
-    mesh: place parameters with `parallel.param_shardings(config, mesh, rules)`; None puts them
+    mesh: place parameters with `llada.param_shardings(config, mesh, rules)`; None puts them
       on the first local device.
-    rules: logical-axis rules for the mesh (the `parallel` defaults when None).
+    rules: logical-axis rules for the mesh (`parallel.DEFAULT_RULES`, or a run's
+      `parallel.parse_rules(config.mesh.rules)`); unused without a mesh.
     **overrides: runtime config fields (see `config_from_hf`), e.g. `honor_padding=False`.
 
   Raises:
@@ -616,7 +603,11 @@ def load_pretrained(path: PathLike, *, dtype: Any = None, mesh: jax.sharding.Mes
       dtype = _checkpoint_dtype(ckpt, ckpt.tensors, declared)
     config = config_from_hf(hf_config, dtype=dtype, **overrides)
     target = np.dtype(config.param_dtype)
-    shardings = _default_shardings(config, mesh, rules)
+    if mesh is None:
+      device = SingleDeviceSharding(jax.local_devices()[0])
+      shardings = jax.tree.map(lambda _: device, llada.abstract_params(config))
+    else:
+      shardings = llada.param_shardings(config, mesh, rules)
     params: dict = {}
     for entry in entries:
       sharding = _get_path(shardings, entry.path)

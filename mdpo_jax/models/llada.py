@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from mdpo_jax import parallel
 
 Params = Mapping[str, Any]
 
@@ -217,8 +219,24 @@ def abstract_params(config: LLaDAConfig) -> dict:
 
 
 def init_params(config: LLaDAConfig, rng: jax.Array) -> dict:
-  """Fresh parameters on the default device. For sharded init use `parallel.init_sharded_params`."""
+  """Fresh parameters on the default device. For sharded init use `init_sharded_params`."""
   return params_of(LLaDA(config, rngs=nnx.Rngs(params=rng)))
+
+
+def param_shardings(config: LLaDAConfig, mesh: jax.sharding.Mesh,
+                    rules: Sequence[tuple[str, Any]] = parallel.DEFAULT_RULES) -> dict:
+  """NamedSharding of every parameter on `mesh` (same tree as the params), from their logical
+  axes and the rules table (`parallel.DEFAULT_RULES`, or a run's `parallel.parse_rules`)."""
+  return parallel.shardings_from_axes(param_logical_axes(config), abstract_params(config), mesh,
+                                      rules)
+
+
+def init_sharded_params(config: LLaDAConfig, rng: jax.Array, mesh: jax.sharding.Mesh,
+                        rules: Sequence[tuple[str, Any]] = parallel.DEFAULT_RULES) -> dict:
+  """Initialise parameters directly into their shards (never materialised whole on one device);
+  the values equal `init_params(config, rng)`."""
+  shardings = param_shardings(config, mesh, rules)
+  return jax.jit(lambda key: init_params(config, key), out_shardings=shardings)(rng)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import qwix
 from flax import nnx
 
+from mdpo_jax import parallel
 from mdpo_jax.models import llada
 
 TARGETS = tuple(llada.PROJECTIONS)      # q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out
@@ -232,6 +233,14 @@ def adapter_logical_axes(config: llada.LLaDAConfig, lora: LoraConfig) -> dict:
     b_axes = tuple(ax for c, ax in zip(rhs, w_axes) if c not in lhs)
     out[name] = {"lora_a": ("layers", *a_axes, None), "lora_b": ("layers", None, *b_axes)}
   return {"blocks": out}
+
+
+def adapter_shardings(config: llada.LLaDAConfig, lora: LoraConfig, mesh: jax.sharding.Mesh,
+                      rules: Sequence[tuple[str, Any]] = parallel.DEFAULT_RULES) -> dict:
+  """NamedShardings of the adapters on `mesh` (same tree as `init_adapters`' result), from
+  `adapter_logical_axes` and the rules table."""
+  return parallel.shardings_from_axes(adapter_logical_axes(config, lora),
+                                      abstract_adapters(config, lora), mesh, rules)
 
 
 def projector(config: llada.LLaDAConfig, lora: LoraConfig) -> llada.Projector:

@@ -26,10 +26,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from mdpo_jax.rl.mdpo import (Batch, Metrics, _check_batch, _check_clip_eps,
-                              _check_nonnegative_real, _masked_token_mean, _only_where,
-                              clipped_surrogate, token_logprobs)
+from mdpo_jax.rl import advantages, rollout
+from mdpo_jax.rl.common import (Batch, Metrics, check_batch, check_clip_eps,
+                                check_nonnegative_real, clipped_surrogate, masked_token_mean,
+                                only_where, token_logprobs)
 
 Array = jax.Array
 ForwardFn = Callable[..., Array]
@@ -109,11 +111,11 @@ def k3_kl(logp: Array, ref_logp: Array) -> Array:
 
 
 def _check_grpo_args(batch: Batch, clip_eps, beta, normalize) -> tuple[int, int]:
-  _check_clip_eps(clip_eps)
-  _check_nonnegative_real("beta", beta)
+  check_clip_eps(clip_eps)
+  check_nonnegative_real("beta", beta)
   if normalize not in NORMALIZE:
     raise ValueError(f"normalize={normalize!r}: allowed {NORMALIZE}")
-  shape = _check_batch(batch, GRPO_REQUIRED_KEYS, GRPO_OPTIONAL_KEYS, "tokens", ("adv",))
+  shape = check_batch(batch, GRPO_REQUIRED_KEYS, GRPO_OPTIONAL_KEYS, "tokens", ("adv",))
   if beta > 0 and batch.get("ref_logp") is None:
     raise ValueError(f"beta={beta} > 0 needs batch['ref_logp'] (the reference policy's log-probs "
                      "on the same masked inputs); pass beta=0 to train without a reference")
@@ -132,11 +134,11 @@ def diffu_grpo_loss_from_logp(logp_NxL: Array, batch: Batch, *, clip_eps: float 
   logp = logp_NxL.astype(jnp.float32)
   mask = jnp.asarray(batch["completion_mask"]).astype(bool)
   adv_N = jax.lax.stop_gradient(jnp.asarray(batch["adv"]).astype(jnp.float32))
-  old_logp = _only_where(mask, batch.get("old_logp"), logp)
+  old_logp = only_where(mask, batch.get("old_logp"), logp)
   surrogate, ratio, clipped = clipped_surrogate(logp, old_logp, adv_N[:, None], float(clip_eps))
   per_token = -surrogate
   if ref_logp is not None:
-    kl = k3_kl(logp, _only_where(mask, ref_logp, logp))
+    kl = k3_kl(logp, only_where(mask, ref_logp, logp))
   else:
     kl = jnp.zeros_like(logp)
   if beta > 0:
@@ -149,9 +151,9 @@ def diffu_grpo_loss_from_logp(logp_NxL: Array, batch: Batch, *, clip_eps: float 
     loss = jnp.mean(masked_sum_N / jnp.maximum(count_N, 1.0))
 
   metrics = {
-      "ratio_mean": _masked_token_mean(ratio, mask),
-      "clip_frac": _masked_token_mean(clipped.astype(jnp.float32), mask),
-      "kl": _masked_token_mean(kl, mask),
+      "ratio_mean": masked_token_mean(ratio, mask),
+      "clip_frac": masked_token_mean(clipped.astype(jnp.float32), mask),
+      "kl": masked_token_mean(kl, mask),
       "adv_abs_mean": jnp.mean(jnp.abs(adv_N)),
       "completion_len_mean": jnp.mean(count_N),
   }
@@ -191,3 +193,52 @@ def diffu_grpo_loss(forward_fn: ForwardFn, params, batch: Batch, *, clip_eps: fl
   assert logp_NxL.shape == shape
   return diffu_grpo_loss_from_logp(logp_NxL, batch, clip_eps=clip_eps, beta=beta,
                                    normalize=normalize)
+
+
+# ----------------------------------------------------------------------------- the plug-in
+
+class DiffuGRPO:
+  """diffu-GRPO as an RL algorithm (`rl/algorithms.py`): one row per rollout, the d1 one-step
+  input (every generated position masked, prompt tokens masked with `rl.prompt_mask_prob`),
+  advantage r − group mean, loss on completion tokens up to the first EOS."""
+
+  name = "diffu_grpo"
+  uses_trajectory = False
+
+  def rows_per_rollout(self, rl) -> int:
+    del rl
+    return 1
+
+  def rows(self, batch, scorer, rng, rl, *, mask_id: int, eos_id: int):
+    final, stats = scorer.final_rewards(batch)
+    p = batch.prompts_NxP.shape[1]
+    generated = np.zeros(batch.tokens_NxL.shape, bool)
+    generated[:, p:] = True
+    # Loss on tokens up to and including the first EOS (d1); the input masks every generated
+    # position, padding after EOS included.
+    completion = completion_loss_mask(batch.tokens_NxL, generated, eos_id=eos_id)
+    attention = np.concatenate(
+        [batch.prompt_mask_NxP, np.ones_like(batch.tokens_NxL[:, p:])], 1).astype(np.int32)
+    prompt_pos = np.zeros_like(generated)
+    prompt_pos[:, :p] = batch.prompt_mask_NxP.astype(bool)
+    inputs = one_step_inputs(jax.random.fold_in(rng, 1), batch.tokens_NxL, prompt_pos, generated,
+                             mask_id=mask_id, prompt_mask_prob=rl.prompt_mask_prob)
+    adv = np.asarray(advantages.group_advantages(final.reshape(-1, rl.group_size))).reshape(-1)
+    rows = {"inputs": np.asarray(inputs), "tokens": batch.tokens_NxL.astype(np.int32),
+            "completion_mask": completion, "adv": adv.astype(np.float32),
+            "attention_mask": attention}
+    return rollout.Rows(rows, final, stats, {})
+
+  def logprob_io(self, rows):
+    return rows["inputs"], rows["tokens"]
+
+  def logp_temperature(self, rl) -> float:
+    del rl
+    return 1.0   # d1 scores raw logits
+
+  def needs_old_logp(self, rl) -> bool:
+    del rl
+    return True  # the ratio is always against the rollout policy (d1)
+
+  def loss(self, forward_fn, params, rows, rl):
+    return diffu_grpo_loss(forward_fn, params, rows, clip_eps=rl.clip_eps, beta=rl.beta)

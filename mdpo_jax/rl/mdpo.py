@@ -30,142 +30,17 @@ under jit). Everything here is pure and jit-able; Python-scalar arguments are st
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
-ForwardFn = Callable[..., Array]
-Batch = Mapping[str, Any]
-Metrics = dict[str, Array]
+from mdpo_jax.rl import rollout
+from mdpo_jax.rl.common import (Array, Batch, ForwardFn, Metrics, check_batch, check_clip_eps,
+                                check_nonnegative_real, check_positive_real, clipped_surrogate,
+                                masked_token_mean, only_where, token_logprobs)
 
 MDPO_REQUIRED_KEYS = ("x_t", "target", "masked", "conf", "adv")
 MDPO_OPTIONAL_KEYS = ("attention_mask", "old_logp", "ref_logp")
-
-
-# ----------------------------------------------------------------------------- validation
-
-def _check_positive_real(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0.0:
-    raise ValueError(f"{name} must be a Python float > 0, got {value!r}")
-
-
-def _check_nonnegative_real(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0.0:
-    raise ValueError(f"{name} must be a Python float >= 0, got {value!r}")
-
-
-def _check_clip_eps(clip_eps) -> None:
-  if isinstance(clip_eps, bool) or not isinstance(clip_eps, numbers.Real) or \
-      not 0.0 <= float(clip_eps) < 1.0:
-    raise ValueError(f"clip_eps must be a Python float in [0, 1), got {clip_eps!r}")
-
-
-def _check_batch(batch: Batch, required: tuple[str, ...], optional: tuple[str, ...],
-                 row_key: str, per_example: tuple[str, ...]) -> tuple[int, int]:
-  """Every [N, L] array has the shape of batch[row_key]; per-example arrays are [N]."""
-  if not isinstance(batch, Mapping):
-    raise TypeError(f"batch must be a mapping of arrays, got {type(batch).__name__}")
-  missing = [k for k in required if k not in batch]
-  if missing:
-    raise ValueError(f"batch is missing keys {missing}; required {list(required)}, "
-                     f"optional {list(optional)}")
-  unknown = [k for k in batch if k not in required + optional]
-  if unknown:
-    raise ValueError(f"batch has unknown keys {unknown}; allowed {list(required + optional)}")
-  shape = jnp.shape(batch[row_key])
-  if len(shape) != 2:
-    raise ValueError(f"batch['{row_key}'] must have shape [N, L], got {shape}")
-  for key in required + optional:
-    value = batch.get(key)
-    if value is None:
-      continue
-    want = shape[:1] if key in per_example else shape
-    if jnp.shape(value) != want:
-      raise ValueError(f"batch['{key}'] must have shape {want}, got {jnp.shape(value)}")
-  return shape
-
-
-# ----------------------------------------------------------------------------- log-probs
-
-def token_logprobs_from_logits(logits_BxLxV: Array, targets_BxL: Array, *,
-                               temperature: float = 1.0) -> Array:
-  """`log_softmax(logits / temperature)[target]` per position, in float32.
-
-  The MDPO reference divides by `temperature + finfo(logits.dtype).eps` (bf16 logits: +0.0078) to
-  guard T = 0; we require T > 0 and divide by T exactly (SPEC §4.5).
-  """
-  _check_positive_real("temperature", temperature)
-  if jnp.ndim(logits_BxLxV) != jnp.ndim(targets_BxL) + 1 or \
-      jnp.shape(logits_BxLxV)[:-1] != jnp.shape(targets_BxL):
-    raise ValueError(f"logits must have shape {jnp.shape(targets_BxL)} + (vocab,), "
-                     f"got {jnp.shape(logits_BxLxV)}")
-  scaled = logits_BxLxV.astype(jnp.float32)
-  if float(temperature) != 1.0:
-    scaled = scaled / jnp.float32(temperature)
-  logp_BxLxV = jax.nn.log_softmax(scaled, axis=-1)
-  idx = jnp.asarray(targets_BxL).astype(jnp.int32)[..., None]
-  return jnp.take_along_axis(logp_BxLxV, idx, axis=-1)[..., 0]
-
-
-def token_logprobs(forward_fn: ForwardFn, params, tokens_BxL: Array, targets_BxL: Array, *,
-                   temperature: float, attention_mask: Array | None = None) -> Array:
-  """Per-position log-probability of `targets_BxL` given the input `tokens_BxL` (SPEC §4.5).
-
-  One forward pass; `logp = log_softmax(logits / temperature)[target]` in float32 at every position
-  (callers select the positions they train on). The same function gives the policy's, the old
-  policy's and the frozen reference's log-probs (different `params`).
-
-  Args:
-    forward_fn: `forward_fn(params, tokens, attention_mask=...) -> logits_BxLxV`.
-    params: model parameters.
-    tokens_BxL: model input (x_t: prompt + partially masked generation).
-    targets_BxL: tokens whose log-probs are returned (x̂0_t).
-    temperature: the rollout temperature T (Python float > 0); see `token_logprobs_from_logits`.
-    attention_mask: optional [B, L] padding mask passed to the model.
-
-  Returns:
-    logp_BxL: float32.
-  """
-  _check_positive_real("temperature", temperature)
-  if jnp.ndim(tokens_BxL) != 2 or jnp.shape(targets_BxL) != jnp.shape(tokens_BxL):
-    raise ValueError(f"tokens_BxL must be [batch, length] and targets_BxL the same shape, got "
-                     f"{jnp.shape(tokens_BxL)} and {jnp.shape(targets_BxL)}")
-  if attention_mask is not None and jnp.shape(attention_mask) != jnp.shape(tokens_BxL):
-    raise ValueError(f"attention_mask must have shape {jnp.shape(tokens_BxL)}, "
-                     f"got {jnp.shape(attention_mask)}")
-  logits_BxLxV = forward_fn(params, tokens_BxL, attention_mask=attention_mask)
-  return token_logprobs_from_logits(logits_BxLxV, targets_BxL, temperature=temperature)
-
-
-# ----------------------------------------------------------------------------- surrogate
-
-def clipped_surrogate(logp: Array, old_logp: Array | None, adv: Array, clip_eps: float
-                      ) -> tuple[Array, Array, Array]:
-  """PPO surrogate `min(ρ·A, clip(ρ, 1−ε, 1+ε)·A)` per token (to be maximised).
-
-  `old_logp=None` means ρ = exp(logp − sg(logp)) ≡ 1 with gradient ∇logp (one update per rollout).
-  Returns (surrogate, ρ, clipped) where `clipped` marks tokens whose clipped branch is strictly
-  smaller, i.e. the tokens the clip removes from the gradient.
-  """
-  old = jax.lax.stop_gradient(logp if old_logp is None else old_logp.astype(jnp.float32))
-  ratio = jnp.exp(logp - old)
-  unclipped = ratio * adv
-  clipped_value = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
-  return jnp.minimum(unclipped, clipped_value), ratio, clipped_value < unclipped
-
-
-def _only_where(mask: Array, stored: Array | None, logp: Array) -> Array | None:
-  """Stored log-probs on `mask`, sg(logp) elsewhere: values outside the loss (padding, -inf) can
-  then never turn the masked-out terms' gradients into NaN."""
-  if stored is None:
-    return None
-  return jax.lax.stop_gradient(jnp.where(mask, jnp.asarray(stored).astype(jnp.float32), logp))
-
-
-def _masked_token_mean(x: Array, mask: Array) -> Array:
-  return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- MDPO loss
@@ -173,9 +48,9 @@ def _masked_token_mean(x: Array, mask: Array) -> Array:
 def _check_mdpo_args(batch: Batch, gen_length, clip_eps, beta) -> tuple[int, int]:
   if isinstance(gen_length, bool) or not isinstance(gen_length, numbers.Integral) or gen_length < 1:
     raise ValueError(f"gen_length must be a Python int >= 1, got {gen_length!r}")
-  _check_clip_eps(clip_eps)
-  _check_nonnegative_real("beta", beta)
-  shape = _check_batch(batch, MDPO_REQUIRED_KEYS, MDPO_OPTIONAL_KEYS, "x_t", ("adv",))
+  check_clip_eps(clip_eps)
+  check_nonnegative_real("beta", beta)
+  shape = check_batch(batch, MDPO_REQUIRED_KEYS, MDPO_OPTIONAL_KEYS, "x_t", ("adv",))
   if beta > 0 and batch.get("ref_logp") is None:
     raise ValueError(f"beta={beta} > 0 needs batch['ref_logp'] (the frozen reference's log-probs); "
                      "pass beta=0 to train without a reference")
@@ -199,11 +74,11 @@ def mdpo_loss_from_logp(logp_NxL: Array, batch: Batch, *, gen_length: int, clip_
   safe_count_N = jnp.maximum(count_N, 1.0)   # |M| = 0 → every masked sum is 0 → example loss 0
   lam_N = gen_length / safe_count_N
 
-  old_logp = _only_where(masked, batch.get("old_logp"), logp)
+  old_logp = only_where(masked, batch.get("old_logp"), logp)
   surrogate, ratio, clipped = clipped_surrogate(logp, old_logp, adv_N[:, None], float(clip_eps))
   per_token = -surrogate * lam_N[:, None]
   if ref_logp is not None:
-    diff = _only_where(masked, ref_logp, logp) - logp
+    diff = only_where(masked, ref_logp, logp) - logp
     kl = 0.5 * diff * diff
   else:
     kl = jnp.zeros_like(logp)
@@ -213,12 +88,12 @@ def mdpo_loss_from_logp(logp_NxL: Array, batch: Batch, *, gen_length: int, clip_
   loss = jnp.mean(example_N)
 
   metrics = {
-      "ratio_mean": _masked_token_mean(ratio, masked),
-      "clip_frac": _masked_token_mean(clipped.astype(jnp.float32), masked),
-      "kl": _masked_token_mean(kl, masked),
+      "ratio_mean": masked_token_mean(ratio, masked),
+      "clip_frac": masked_token_mean(clipped.astype(jnp.float32), masked),
+      "kl": masked_token_mean(kl, masked),
       "adv_abs_mean": jnp.mean(jnp.abs(adv_N)),
       "masked_mean": jnp.mean(count_N),
-      "logp_mean": _masked_token_mean(logp, masked),
+      "logp_mean": masked_token_mean(logp, masked),
   }
   return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
 
@@ -252,9 +127,45 @@ def mdpo_loss(forward_fn: ForwardFn, params, batch: Batch, *, temperature: float
     `clip_frac` (tokens whose gradient the clip removes), `kl` (the k2 term, 0 without ref_logp),
     `adv_abs_mean` (over examples), `masked_mean` (mean |M|), `logp_mean`.
   """
-  _check_positive_real("temperature", temperature)
+  check_positive_real("temperature", temperature)
   shape = _check_mdpo_args(batch, gen_length, clip_eps, beta)   # before the forward pass
   logp_NxL = token_logprobs(forward_fn, params, batch["x_t"], batch["target"],
                             temperature=temperature, attention_mask=batch.get("attention_mask"))
   assert logp_NxL.shape == shape
   return mdpo_loss_from_logp(logp_NxL, batch, gen_length=gen_length, clip_eps=clip_eps, beta=beta)
+
+
+# ----------------------------------------------------------------------------- the plug-in
+
+class MDPO:
+  """MDPO as an RL algorithm (`rl/algorithms.py`): every step of a rollout is scored, per-step
+  advantages are normalised within the group, and the `rl.top_k` steps with the largest |Â_t| of
+  each rollout become training rows (x_t → x̂0_t on the positions masked in x_t)."""
+
+  name = "mdpo"
+  uses_trajectory = True
+
+  def rows_per_rollout(self, rl) -> int:
+    return rl.top_k
+
+  def rows(self, batch, scorer, rng, rl, *, mask_id: int, eos_id: int):
+    del rng, eos_id
+    rewards_NxT, stats = scorer.step_rewards(batch)
+    final = rewards_NxT[:, -1]
+    rows = rollout.mdpo_examples(batch, rewards_NxT, top_k=rl.top_k, mask_id=mask_id)
+    metrics = {"reward/step_mean": float(rewards_NxT.mean()),
+               "reward/over_denoised": float(rollout.over_denoised(rewards_NxT, final).mean())}
+    return rollout.Rows(rows, final, stats, metrics)
+
+  def logprob_io(self, rows):
+    return rows["x_t"], rows["target"]
+
+  def logp_temperature(self, rl) -> float:
+    return rl.temperature
+
+  def needs_old_logp(self, rl) -> bool:
+    return rl.inner_iters > 1
+
+  def loss(self, forward_fn, params, rows, rl):
+    return mdpo_loss(forward_fn, params, rows, temperature=rl.temperature,
+                     gen_length=rl.gen_length, clip_eps=rl.clip_eps, beta=rl.beta)

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.rl import advantages as adv_lib
 from mdpo_jax.sampling.sampler import SamplerConfig, Trajectory, generate
 
@@ -46,18 +47,29 @@ def sample(forward_fn: Callable, params, prompts_BxP: np.ndarray, prompt_mask_Bx
                       [p for p in problems for _ in range(group_size)], group_size)
 
 
-def _cut(ids: list[int], stops: Sequence[int]) -> list[int]:
-  cut = len(ids)
-  for s in stops:
-    if s in ids:
-      cut = min(cut, ids.index(s))
-  return ids[:cut]
+@dataclasses.dataclass
+class Rows:
+  """What an RL algorithm makes of one scored rollout batch (`rl/algorithms.py`)."""
+
+  rows: dict[str, np.ndarray]   # training rows (host arrays, leading dim = rows)
+  final_rewards: np.ndarray     # [N] reward of each rollout's final answer
+  stats: dict[str, float]       # the reward pool's counts (timeouts, errors, crashes)
+  metrics: dict[str, float]     # algorithm-specific logging
 
 
-def decode(tokenizer, ids_NxG: np.ndarray, stops: Sequence[int]) -> list[str]:
-  """Completions as text, cut at the first EOS/EOT, special tokens skipped (SPEC §4.2)."""
-  return tokenizer.decode_batch([_cut(row, stops) for row in np.asarray(ids_NxG).tolist()],
-                                skip_special_tokens=True)
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+  """How completions become rewards: the tokenizer, the stop ids and the task's reward pool."""
+
+  tokenizer: object
+  pool: object          # rl.scoring.RewardPool (or anything with `score(items)`)
+  stops: tuple[int, ...]
+
+  def step_rewards(self, batch: RolloutBatch):
+    return step_rewards(batch, self.tokenizer, self.pool, self.stops)
+
+  def final_rewards(self, batch: RolloutBatch):
+    return final_rewards(batch, self.tokenizer, self.pool, self.stops)
 
 
 def step_rewards(batch: RolloutBatch, tokenizer, pool, stops: Sequence[int]):
@@ -65,7 +77,7 @@ def step_rewards(batch: RolloutBatch, tokenizer, pool, stops: Sequence[int]):
   p = batch.prompts_NxP.shape[1]
   x0_TxNxG = batch.traj.x0[:, :, p:]
   t_steps, n = x0_TxNxG.shape[:2]
-  texts = decode(tokenizer, x0_TxNxG.reshape(t_steps * n, -1), stops)
+  texts = decode_completions(tokenizer, x0_TxNxG.reshape(t_steps * n, -1), stops)
   items = [(text, batch.problems[i % n]) for i, text in enumerate(texts)]
   rewards, stats = pool.score(items)
   return np.asarray(rewards, np.float32).reshape(t_steps, n).T, stats
@@ -73,7 +85,7 @@ def step_rewards(batch: RolloutBatch, tokenizer, pool, stops: Sequence[int]):
 
 def final_rewards(batch: RolloutBatch, tokenizer, pool, stops: Sequence[int]):
   p = batch.prompts_NxP.shape[1]
-  texts = decode(tokenizer, batch.tokens_NxL[:, p:], stops)
+  texts = decode_completions(tokenizer, batch.tokens_NxL[:, p:], stops)
   rewards, stats = pool.score(list(zip(texts, batch.problems)))
   return np.asarray(rewards, np.float32), stats
 
@@ -105,5 +117,5 @@ def mdpo_examples(batch: RolloutBatch, rewards_NxT: np.ndarray, *, top_k: int,
 
 
 def over_denoised(rewards_NxT: np.ndarray, final_N: np.ndarray) -> np.ndarray:
-  """True where some intermediate prediction was right but the final answer is wrong."""
-  return (rewards_NxT[:, :-1] > 0).any(1) & (final_N <= 0)
+  """True where some intermediate prediction was right (full reward) but the final answer is not."""
+  return (rewards_NxT[:, :-1] >= 1).any(1) & (final_N < 1)

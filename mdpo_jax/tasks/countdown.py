@@ -46,9 +46,11 @@ from collections import Counter
 from fractions import Fraction
 from typing import Iterable, Sequence, Union
 
-from mdpo_jax.tasks.math import last_boxed
+from mdpo_jax.tasks import base
+from mdpo_jax.tasks.text import last_boxed
 
 __all__ = [
+    "CountdownTask",
     "MAX_DEPTH",
     "MAX_EXPRESSION_CHARS",
     "MAX_LITERAL_DIGITS",
@@ -56,6 +58,7 @@ __all__ = [
     "ExpressionError",
     "ParsedExpression",
     "Problem",
+    "countdown_reward",
     "evaluate_expression",
     "extract_answer",
     "generate_problems",
@@ -72,6 +75,8 @@ MAX_DEPTH = 32
 MAX_LITERAL_DIGITS = 6
 MAX_SOLVER_NUMBERS = 6
 SOLUTION_ORDERS = ("canonical", "given")
+PROMPT_STYLES = ("compact", "full")
+ANSWER_STYLES = ("expression", "steps")
 TARGET_SAMPLINGS = ("reachable", "expression")
 TOLERANCE = Fraction(1, 100_000)  # |value - target| <= 1e-5, as in SPEC §5
 
@@ -677,3 +682,66 @@ def solution_text(problem: Problem, *, style: str = "expression", order: str = "
   steps: list[str] = []
   _steps(parse_expression(expr).tree, steps)
   return (", ".join(steps) + ". " + boxed) if steps else boxed
+
+
+# ----------------------------------------------------------------------------------------------
+# The task (mdpo_jax.tasks.base.Task)
+# ----------------------------------------------------------------------------------------------
+
+
+def countdown_reward(completion: str, problem: Problem) -> float:
+  """`reward` for a `Problem` (module-level: it pickles by reference to reward workers)."""
+  return reward(completion, problem.numbers, problem.target)
+
+
+class CountdownTask(base.ProceduralTask):
+  """Procedural Countdown (`generate_problems` with the `task.*` distribution keys).
+
+  Splits as in `base.ProceduralTask`, distinct up to the order of the numbers. Prompt:
+  `prompt(p, style=task.prompt_style)`; SFT answer: `solution_text(p, style=task.answer_style,
+  order=task.solution_order)`; reward: the safe verifier; key: (sorted numbers, target).
+  """
+
+  name = "countdown"
+  reward = staticmethod(countdown_reward)
+
+  def __init__(self, task_cfg, seed: int):
+    super().__init__(task_cfg, seed)
+    base.check_choice(task_cfg, "target_sampling", TARGET_SAMPLINGS)
+    base.check_choice(task_cfg, "solution_order", SOLUTION_ORDERS)
+    base.check_choice(task_cfg, "prompt_style", PROMPT_STYLES)
+    base.check_choice(task_cfg, "answer_style", ANSWER_STYLES)
+    counts = task_cfg.num_numbers
+    if (isinstance(counts, (str, bytes)) or not isinstance(counts, Sequence) or not counts
+        or any(type(c) is not int or not 1 <= c <= MAX_SOLVER_NUMBERS for c in counts)):
+      raise ValueError(f"task.num_numbers={counts!r}: allowed a non-empty tuple of integers in "
+                       f"1..{MAX_SOLVER_NUMBERS}")
+    top = 10 ** MAX_LITERAL_DIGITS - 1
+    base.check_int(task_cfg, "number_min", 0, top)
+    lo = task_cfg.number_min
+    base.check_int(task_cfg, "number_max", lo, top, f"an integer in task.number_min ({lo})..{top}")
+    base.check_int(task_cfg, "target_min", None)
+    lo = task_cfg.target_min
+    base.check_int(task_cfg, "target_max", lo, None, f"an integer >= task.target_min ({lo})")
+    self._kwargs = dict(num_numbers=tuple(counts),
+                        number_range=(task_cfg.number_min, task_cfg.number_max),
+                        target_range=(task_cfg.target_min, task_cfg.target_max),
+                        target_sampling=task_cfg.target_sampling)
+
+  def _generate(self, n: int, seed: int, exclude: list, field: str) -> list[Problem]:
+    try:
+      return generate_problems(n, seed=seed, exclude=exclude, **self._kwargs)
+    except ValueError as e:
+      if not exclude:
+        raise ValueError(f"{field}={n}: {e}") from e
+      raise ValueError(f"{field}={n}: not enough problems disjoint from the other splits ({e}); "
+                       "widen the number/target ranges or lower the size") from e
+
+  def prompt(self, problem: Problem) -> str:
+    return prompt(problem, style=self.cfg.prompt_style)
+
+  def sft_answer(self, problem: Problem) -> str:
+    return solution_text(problem, style=self.cfg.answer_style, order=self.cfg.solution_order)
+
+  def key(self, problem: Problem) -> tuple[tuple[int, ...], int]:
+    return (tuple(sorted(problem.numbers)), problem.target)

@@ -15,9 +15,10 @@ from fractions import Fraction
 from typing import Any
 
 from mdpo_jax.tasks import records
-from mdpo_jax.tasks.math import PROMPT_SUFFIX, last_boxed
+from mdpo_jax.tasks.text import PROMPT_SUFFIX, last_boxed
 
-__all__ = ["load_jsonl", "gold_answer", "prompt", "extract_answer", "reward"]
+__all__ = ["GSM8KTask", "gsm8k_reward", "load_jsonl", "gold_answer", "prompt", "extract_answer",
+           "reward"]
 
 # Thousands-grouped numbers first so that "1,234" is one number; "3,4" stays two.
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
@@ -115,3 +116,41 @@ def reward(completion: str, gold: str | int | float) -> float:
     return 1.0 if pred is not None and Fraction(pred) == gold_value else 0.0
   except Exception:  # noqa: BLE001
     return 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The task (mdpo_jax.tasks.base.Task)
+# ----------------------------------------------------------------------------------------------
+
+
+def gsm8k_reward(completion: str, problem: dict) -> float:
+  """`reward` against the record's "gold" (module-level: it pickles by reference to workers)."""
+  return reward(completion, problem["gold"])
+
+
+class GSM8KTask(records.RecordTask):
+  """GSM8K JSONL records (`load_jsonl`): "question" and "answer" (ending in ``#### N``).
+
+  Prompt: `prompt(record["question"])`. SFT answer: the record's "answer" field verbatim --
+  GSM8K's worked solution, calculator annotations (``<<48/2=24>>``) included, ending in its
+  ``#### N`` line (not rewritten into ``\\boxed{}``; `extract_answer` reads the number after
+  ``####`` when there is no box). Reward: exact numeric match with "gold"; key: ("question",
+  "gold").
+  """
+
+  name = "gsm8k"
+  RECORDS = "JSONL with 'question' and an 'answer' ending in '#### <number>'"
+  reward = staticmethod(gsm8k_reward)
+
+  @staticmethod
+  def _load(path: str) -> list[dict[str, Any]]:
+    return load_jsonl(path)
+
+  def prompt(self, problem: dict) -> str:
+    return prompt(problem["question"])
+
+  def sft_answer(self, problem: dict) -> str:
+    return problem["answer"]
+
+  def key(self, problem: dict) -> tuple[str, str]:
+    return (problem["question"], problem["gold"])

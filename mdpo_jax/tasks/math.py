@@ -37,45 +37,14 @@ import time
 from typing import Any
 
 from mdpo_jax.tasks import records
+from mdpo_jax.tasks.text import PROMPT_SUFFIX, last_boxed
 
-__all__ = ["load_jsonl", "last_boxed", "prompt", "reward", "check_answer", "shutdown_worker"]
+__all__ = ["MathTask", "load_jsonl", "math_reward", "prompt", "reward", "check_answer",
+           "shutdown_worker"]
 
 _log = logging.getLogger(__name__)
 
-PROMPT_SUFFIX = "\nLet's think step by step and output the final answer within \\boxed{}."
 _WORKER_START_TIMEOUT_S = 120.0
-
-
-def last_boxed(text: str) -> str | None:
-  """Content of the last complete ``\\boxed{...}`` in `text` (braces balanced), or None.
-
-  "Last" means the box that starts last among the complete ones; an unclosed box (e.g. a
-  truncated completion) is skipped. One linear pass with a brace stack, so adversarially long
-  inputs stay cheap. Also accepts spaces between ``\\boxed`` and ``{``.
-  """
-  stack: list[int] = []  # for each open "{": start of its content if it opens a box, else -1
-  best: tuple[int, int] | None = None
-  i, n = 0, len(text)
-  while i < n:
-    ch = text[i]
-    if ch == "\\" and text.startswith("\\boxed", i):
-      j = i + len("\\boxed")
-      while j < n and text[j] == " ":
-        j += 1
-      if j < n and text[j] == "{":
-        stack.append(j + 1)
-        i = j + 1
-        continue
-      i = j
-      continue
-    if ch == "{":
-      stack.append(-1)
-    elif ch == "}" and stack:
-      start = stack.pop()
-      if start >= 0 and (best is None or start > best[0]):
-        best = (start, i)
-    i += 1
-  return None if best is None else text[best[0]:best[1]]
 
 
 def load_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -279,3 +248,43 @@ def reward(completion: str, gold: str, *, timeout_s: float = 5.0) -> float:
     _log.debug("math-verify check failed: %s", result)
     return 0.0
   return 1.0 if result else 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The task (mdpo_jax.tasks.base.Task)
+# ----------------------------------------------------------------------------------------------
+
+
+def math_reward(completion: str, problem: dict) -> float:
+  """`reward` against the record's "answer" (module-level: it pickles by reference to workers)."""
+  return reward(completion, problem["answer"])
+
+
+class MathTask(records.RecordTask):
+  """MATH-style JSONL records (`load_jsonl`): "problem" and "answer" or a boxed "solution".
+
+  Prompt: `prompt(record["problem"])`; SFT answer: the record's "solution" (records without one
+  can be evaluated and used for RL, not for SFT); reward: math-verify against "answer" (time
+  limited, `reward`); key: ("problem", "answer").
+  """
+
+  name = "math"
+  RECORDS = "JSONL with 'problem' and 'answer' or a boxed 'solution'"
+  reward = staticmethod(math_reward)
+
+  @staticmethod
+  def _load(path: str) -> list[dict[str, Any]]:
+    return load_jsonl(path)
+
+  def prompt(self, problem: dict) -> str:
+    return prompt(problem["problem"])
+
+  def sft_answer(self, problem: dict) -> str:
+    solution = problem.get("solution")
+    if not isinstance(solution, str):
+      raise ValueError(f"task.train_file={self.cfg.train_file!r}: record "
+                       f"{problem.get('problem', '')[:60]!r} has no 'solution' for SFT")
+    return solution
+
+  def key(self, problem: dict) -> tuple[str, str]:
+    return (problem["problem"], problem["answer"])

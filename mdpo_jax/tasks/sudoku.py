@@ -12,14 +12,16 @@ import functools
 import operator
 import random
 import re
-from typing import Sequence
+from typing import Iterable, Sequence
 
-from mdpo_jax.tasks.math import last_boxed
+from mdpo_jax.tasks import base
+from mdpo_jax.tasks.text import last_boxed
 
-__all__ = ["generate_puzzles", "solve_all", "prompt", "solution_text", "extract_answer", "reward",
-           "MAX_EMPTY"]
+__all__ = ["SudokuTask", "sudoku_reward", "generate_puzzles", "solve_all", "prompt",
+           "solution_text", "extract_answer", "reward", "MAX_EMPTY"]
 
 MAX_EMPTY = 12  # a 4x4 Sudoku needs at least 4 clues for a unique solution
+PROMPT_STYLES = ("compact", "full")
 
 _UNITS = (
     [[r * 4 + c for c in range(4)] for r in range(4)]
@@ -77,11 +79,14 @@ def _all_grids() -> tuple[str, ...]:
   return grids
 
 
-def generate_puzzles(n: int, *, seed: int, num_empty: int | Sequence[int] = (6, 10)) -> list[tuple[str, str]]:
+def generate_puzzles(n: int, *, seed: int, num_empty: int | Sequence[int] = (6, 10),
+                     exclude: Iterable[str] = ()) -> list[tuple[str, str]]:
   """`n` distinct (puzzle, solution) pairs with unique solutions; deterministic per `seed`.
 
   `num_empty` is the number of empty cells, an int or an inclusive (low, high) range drawn
-  uniformly per puzzle; at most MAX_EMPTY.
+  uniformly per puzzle; at most MAX_EMPTY. No puzzle equals a puzzle string in `exclude` (drawn
+  ones are skipped like duplicates, so the result is a deterministic function of the arguments,
+  and `exclude=()` gives the same puzzles as before the argument existed).
   """
   try:
     n, seed = operator.index(n), operator.index(seed)
@@ -98,7 +103,9 @@ def generate_puzzles(n: int, *, seed: int, num_empty: int | Sequence[int] = (6, 
   rng = random.Random(seed)
   grids = _all_grids()
   out: list[tuple[str, str]] = []
-  seen: set[str] = set()
+  seen: set[str] = set(exclude)
+  if any(not isinstance(p, str) for p in seen):
+    raise ValueError("exclude must hold puzzle strings")
   attempts, max_attempts = 0, 1000 + 100 * n
   while len(out) < n:
     attempts += 1
@@ -192,3 +199,54 @@ def reward(completion: str, puzzle: str, solution: str) -> float:
   if not empty:
     return 1.0 if grid == solution else 0.0
   return sum(grid[i] == solution[i] for i in empty) / len(empty)
+
+
+# ----------------------------------------------------------------------------------------------
+# The task (mdpo_jax.tasks.base.Task)
+# ----------------------------------------------------------------------------------------------
+
+
+def sudoku_reward(completion: str, problem: tuple[str, str]) -> float:
+  """`reward` for a (puzzle, solution) pair (module-level: it pickles by reference to workers)."""
+  puzzle, solution = problem
+  return reward(completion, puzzle, solution)
+
+
+class SudokuTask(base.ProceduralTask):
+  """Procedural 4x4 Sudoku (d1): problems are (puzzle, solution) pairs from `generate_puzzles`
+  with `task.empty_min`..`task.empty_max` empty cells.
+
+  Splits as in `base.ProceduralTask`, disjoint by puzzle string. Prompt: `prompt(puzzle,
+  style=task.prompt_style)`; SFT answer: `solution_text(solution)`; reward: the fraction of the
+  empty cells filled correctly (`reward`); key: the puzzle string.
+  """
+
+  name = "sudoku"
+  reward = staticmethod(sudoku_reward)
+
+  def __init__(self, task_cfg, seed: int):
+    super().__init__(task_cfg, seed)
+    base.check_choice(task_cfg, "prompt_style", PROMPT_STYLES)
+    lo = base.check_int(task_cfg, "empty_min", 0, MAX_EMPTY)
+    hi = base.check_int(task_cfg, "empty_max", lo, MAX_EMPTY,
+                        f"an integer in task.empty_min ({lo})..{MAX_EMPTY}")
+    self._num_empty = (lo, hi)
+
+  def _generate(self, n: int, seed: int, exclude: list, field: str) -> list[tuple[str, str]]:
+    try:
+      return generate_puzzles(n, seed=seed, num_empty=self._num_empty,
+                              exclude=[puzzle for puzzle, _ in exclude])
+    except ValueError as e:
+      if not exclude:
+        raise ValueError(f"{field}={n}: {e}") from e
+      raise ValueError(f"{field}={n}: not enough puzzles disjoint from the other splits ({e}); "
+                       "widen task.empty_min..task.empty_max or lower the size") from e
+
+  def prompt(self, problem: tuple[str, str]) -> str:
+    return prompt(problem[0], style=self.cfg.prompt_style)
+
+  def sft_answer(self, problem: tuple[str, str]) -> str:
+    return solution_text(problem[1])
+
+  def key(self, problem: tuple[str, str]) -> str:
+    return problem[0]

@@ -4,6 +4,10 @@ For each setting the sampler runs on the held-out prompts; final answers are dec
 with the task verifier. With `trajectory_stats`, every intermediate full prediction x̂0_t is
 scored too, which measures the training–inference divide MDPO targets: how often some
 intermediate prediction is right while the final answer is wrong ("over-denoising").
+
+"Right" means full reward (1.0). For binary verifiers (Countdown, MATH, GSM8K) accuracy is the
+mean reward; for dense ones (Sudoku: the fraction of empty cells filled right) `accuracy` is the
+fraction solved outright and `mean_reward` the task's own score.
 """
 
 from __future__ import annotations
@@ -16,20 +20,13 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from mdpo_jax import config as config_lib
+from mdpo_jax import tasks
+from mdpo_jax.data import pipeline
+from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import llada
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
-
-
-def decode_answers(tokenizer, ids_NxG: np.ndarray, stop_ids: Sequence[int]) -> list[str]:
-  """Decode generated ids, cut at the first stop token (EOS/EOT: the rest is padding)."""
-  rows = []
-  for ids in np.asarray(ids_NxG).tolist():
-    cut = len(ids)
-    for stop in stop_ids:
-      if stop in ids:
-        cut = min(cut, ids.index(stop))
-    rows.append(ids[:cut])
-  return tokenizer.decode_batch(rows, skip_special_tokens=True)
+from mdpo_jax.training import setup
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -53,36 +50,51 @@ class Setting:
     return f"{self.remasking}/steps={self.steps}/T={self.temperature:g}"
 
 
-def config_list(value) -> list[str]:
-  """A config list given as a tuple, a single value, or comma-separated text (command line)."""
-  values = value if isinstance(value, (tuple, list)) else (value,)
-  return [part.strip() for v in values for part in str(v).split(",") if part.strip()]
-
-
 def settings_from_config(ev) -> list[Setting]:
-  """One setting per (eval.steps × eval.remasking) entry."""
-  steps = config_list(ev.steps)
-  bad = [s for s in steps if not s.isdigit() or int(s) < 1]
-  if bad:
-    raise ValueError(f"eval.steps={ev.steps!r}: entries must be positive integers, got {bad}")
-  return [Setting(int(s), r, float(ev.temperature))
-          for s in steps for r in config_list(ev.remasking)]
+  """One setting per (eval.steps × eval.remasking) entry, at eval.temperature."""
+  return [Setting(int(s), r, float(ev.temperature)) for s in ev.steps for r in ev.remasking]
 
 
-def validate_config(config) -> None:
-  """Check `config.eval` before any training, so a bad setting fails in seconds, not after it."""
+def evaluate_task(config, model_cfg: llada.LLaDAConfig, params, tokenizer, task,
+                  problems: Sequence, settings: Sequence[Setting] | None = None, *,
+                  progress: bool = True) -> list[dict]:
+  """Accuracy of `params` on `problems` of `task` with the run's `eval` settings (or `settings`):
+  the one evaluation path of the trainers, `python -m mdpo_jax.evaluate` and `reproduce`."""
   ev = config.eval
-  settings = settings_from_config(ev)
-  for name in ("num_problems", "batch_size"):
-    if int(ev[name]) < 1:
-      raise ValueError(f"eval.{name}={ev[name]}: must be ≥ 1")
-  for setting in settings:
-    try:
-      SamplerConfig(gen_length=int(ev.gen_length), block_length=int(ev.block_length),
-                    steps=setting.steps, remasking=setting.remasking,
-                    temperature=setting.temperature)
-    except ValueError as e:
-      raise ValueError(str(e).replace("SamplerConfig.", "eval.")) from e
+  prompts, mask = pipeline.eval_prompts([task.prompt(p) for p in problems], tokenizer,
+                                        prompt_len=config.data.prompt_len,
+                                        pad_id=model_cfg.pad_token_id)
+  return evaluate(model_cfg, params, tokenizer, prompts, mask, problems, task.reward,
+                  settings_from_config(ev) if settings is None else settings,
+                  gen_length=ev.gen_length, block_length=ev.block_length,
+                  batch_size=ev.batch_size, seed=config.seed,
+                  trajectory_stats=ev.trajectory_stats, progress=progress)
+
+
+def evaluate_checkpoint(raw_config, *, checkpoint: str | None = None,
+                        hf_checkpoint: str | None = None, split: str = "held_out",
+                        num_problems: int | None = None,
+                        settings: Sequence[Setting] | None = None) -> tuple[list[dict], int]:
+  """(result rows, problems evaluated) for a run's checkpoint folder or a Hugging Face folder,
+  on the task's `split` (held_out | validation), its first `num_problems` (default
+  eval.num_problems), with `settings` (default: the config's eval settings). The evaluation of
+  `python -m mdpo_jax.evaluate` and of `reproduce`."""
+  raw = raw_config.copy_and_resolve_references()
+  with raw.unlocked():
+    raw.model.hf_checkpoint = hf_checkpoint or ""
+    raw.model.init_checkpoint = checkpoint or ""
+    # Evaluation trains nothing: a LoRA run's checkpoint is merged with its base on load (from
+    # the config saved with it), so this config's model.lora_rank does not apply here.
+    raw.model.lora_rank = 0
+  config = config_lib.parse(raw)
+  mesh = setup.make_mesh(config)
+  tokenizer = setup.make_tokenizer(config)
+  model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(config.seed))
+  task = tasks.build(config.task, config.seed)
+  problems = task.validation() if split == "validation" else task.held_out()
+  problems = problems[: config.eval.num_problems if num_problems is None else num_problems]
+  rows = evaluate_task(config, model_cfg, params, tokenizer, task, problems, settings)
+  return rows, len(problems)
 
 
 def evaluate(model_cfg: llada.LLaDAConfig, params, tokenizer, prompts_NxP: np.ndarray,
@@ -118,23 +130,24 @@ def evaluate(model_cfg: llada.LLaDAConfig, params, tokenizer, prompts_NxP: np.nd
                      return_trajectory=trajectory_stats)
       tokens, traj = out if trajectory_stats else (out, None)
       tokens = np.asarray(tokens)[:real]
-      answers = decode_answers(tokenizer, tokens[:, p:], stops)
+      answers = decode_completions(tokenizer, tokens[:, p:], stops)
       r_final = np.asarray([reward(a, prob) for a, prob in zip(answers, problems[sl])])
       final.append(r_final)
       if trajectory_stats:
         x0_TxBxG = np.asarray(traj.x0)[:, :real, p:]
         r_mid = np.stack([[reward(a, prob) for a, prob in
-                           zip(decode_answers(tokenizer, x0_TxBxG[t], stops), problems[sl])]
+                           zip(decode_completions(tokenizer, x0_TxBxG[t], stops), problems[sl])]
                           for t in range(x0_TxBxG.shape[0] - 1)]) if x0_TxBxG.shape[0] > 1 \
             else np.zeros((0, len(answers)))
-        any_mid.append((r_mid > 0).any(0))
-        wrong_but_mid.append((r_mid > 0).any(0) & (r_final == 0))
-    correct = np.concatenate(final)
-    k = int((correct > 0).sum())
+        any_mid.append((r_mid >= 1).any(0))
+        wrong_but_mid.append((r_mid >= 1).any(0) & (r_final < 1))
+    rewards = np.concatenate(final)
+    k = int((rewards >= 1).sum())   # solved outright (binary tasks: reward 1)
     lo, hi = wilson_interval(k, n)
     row = {"setting": setting.name, "steps": setting.steps, "remasking": setting.remasking,
            "temperature": setting.temperature, "tokens_per_step": gen_length / setting.steps,
-           "n": n, "accuracy": float(correct.mean()), "ci_low": lo, "ci_high": hi}
+           "n": n, "accuracy": k / n, "ci_low": lo, "ci_high": hi,
+           "mean_reward": float(rewards.mean())}
     if trajectory_stats:
       row["intermediate_correct"] = float(np.concatenate(any_mid).mean())
       row["over_denoised"] = float(np.concatenate(wrong_but_mid).mean())
@@ -145,15 +158,16 @@ def evaluate(model_cfg: llada.LLaDAConfig, params, tokenizer, prompts_NxP: np.nd
 def markdown_table(rows: Sequence[dict]) -> str:
   """Accuracy table; intermediate columns when present."""
   mid = "over_denoised" in rows[0] if rows else False
-  head = "| remasking | steps | tokens/step | T | accuracy | 95% CI |"
-  sep = "|---|---|---|---|---|---|"
+  head = "| remasking | steps | tokens/step | T | accuracy | 95% CI | mean reward |"
+  sep = "|---|---|---|---|---|---|---|"
   if mid:
     head += " some x̂0_t right | x̂0_t right, final wrong |"
     sep += "---|---|"
   lines = [head, sep]
   for r in rows:
     line = (f"| {r['remasking']} | {r['steps']} | {r['tokens_per_step']:g} | "
-            f"{r['temperature']:g} | {r['accuracy']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] |")
+            f"{r['temperature']:g} | {r['accuracy']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
+            f"{r['mean_reward']:.3f} |")
     if mid:
       line += f" {r['intermediate_correct']:.3f} | {r['over_denoised']:.3f} |"
     lines.append(line)

@@ -12,8 +12,8 @@ import string
 from typing import Any
 
 import jax
-import ml_collections
 
+from mdpo_jax import config as config_lib
 from mdpo_jax import parallel
 from mdpo_jax.data import tokenizer as tokenizer_lib
 from mdpo_jax.models import hf, llada, lora
@@ -25,6 +25,17 @@ CHAR_ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n"
 _MODEL_OVERRIDES = ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size",
                     "rope_theta", "max_sequence_length", "dtype", "param_dtype", "remat",
                     "scan_layers", "honor_padding")
+
+
+def make_mesh(config):
+  """The run's device mesh (`mesh.data/fsdp/tensor`; sizes are checked against the devices)."""
+  return parallel.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp,
+                            tensor=config.mesh.tensor)
+
+
+def rules(config):
+  """The run's logical-axis rules: `parallel.DEFAULT_RULES` with `mesh.rules` applied."""
+  return parallel.parse_rules(config.mesh.rules)
 
 
 def make_tokenizer(config):
@@ -50,7 +61,7 @@ def model_config(config, tokenizer) -> llada.LLaDAConfig:
   fields = dict(vocab_size=ids["vocab_size"], bos_token_id=ids["bos"], eos_token_id=ids["eos"],
                 pad_token_id=ids["eos"], eot_token_id=ids["eot"], mask_token_id=ids["mask"])
   for name in _MODEL_OVERRIDES:
-    value = m.get(name)
+    value = getattr(m, name, None)
     if value is not None and value != "":
       fields[name] = value
   base = llada.PRESETS[m.preset]()
@@ -69,15 +80,6 @@ def lora_config(config, model_cfg: llada.LLaDAConfig) -> lora.LoraConfig | None:
   return lora_cfg
 
 
-def adapter_shardings(model_cfg: llada.LLaDAConfig, lora_cfg: lora.LoraConfig, mesh):
-  """NamedShardings of the adapters on `mesh` (from `lora.adapter_logical_axes`)."""
-  axes = lora.adapter_logical_axes(model_cfg, lora_cfg)
-  return jax.tree.map(
-      lambda ax, x: jax.sharding.NamedSharding(
-          mesh, parallel.logical_to_spec(ax, x.shape, mesh=mesh)),
-      axes, lora.abstract_adapters(model_cfg, lora_cfg), is_leaf=lambda x: isinstance(x, tuple))
-
-
 def init_adapters(config, model_cfg: llada.LLaDAConfig, lora_cfg: lora.LoraConfig, mesh):
   """A LoRA run's fresh adapters (B = 0: the model starts as its base), from the run's seed and
   placed on `mesh`; every trainer draws them the same way."""
@@ -85,7 +87,7 @@ def init_adapters(config, model_cfg: llada.LLaDAConfig, lora_cfg: lora.LoraConfi
                ",".join(lora_cfg.targets), lora.num_adapter_params(model_cfg, lora_cfg))
   rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   return jax.device_put(lora.init_adapters(model_cfg, lora_cfg, rng),
-                        adapter_shardings(model_cfg, lora_cfg, mesh))
+                        lora.adapter_shardings(model_cfg, lora_cfg, mesh, rules(config)))
 
 
 def _abstract(tree, shardings):
@@ -104,21 +106,21 @@ def load_model(config, tokenizer, mesh, rng: jax.Array, *,
   LoRA run on a freshly initialised base can be rebuilt from its saved config.
   """
   m = config.model
-  if not lora_supported and m.get("lora_rank", 0):
+  if not lora_supported and m.lora_rank:
     raise ValueError(f"model.lora_rank={m.lora_rank}: this caller trains or reads full "
                      "parameters only; allowed here: 0 (LoRA runs: trainer=sft|pretrain|mdpo|"
                      "diffu_grpo; evaluate reads any run's checkpoint)")
   if m.hf_checkpoint:
-    overrides = {k: m[k] for k in ("remat", "scan_layers", "honor_padding")}
-    return hf.load_pretrained(m.hf_checkpoint, mesh=mesh, **overrides)
+    overrides = {k: getattr(m, k) for k in ("remat", "scan_layers", "honor_padding")}
+    return hf.load_pretrained(m.hf_checkpoint, mesh=mesh, rules=rules(config), **overrides)
   cfg = model_config(config, tokenizer)
   if m.init_checkpoint:
-    return cfg, load_run_params(m.init_checkpoint, cfg, mesh)
-  return cfg, parallel.init_sharded_params(cfg, rng, mesh)
+    return cfg, load_run_params(m.init_checkpoint, cfg, mesh, rules=rules(config))
+  return cfg, llada.init_sharded_params(cfg, rng, mesh, rules(config))
 
 
 def load_run_params(directory, model_cfg: llada.LLaDAConfig, mesh, *,
-                    field: str = "model.init_checkpoint"):
+                    rules=parallel.DEFAULT_RULES, field: str = "model.init_checkpoint"):
   """Full params of the latest checkpoint in a run's `directory` (WORKDIR/checkpoints), shaped,
   typed and sharded as `model_cfg`'s on `mesh`.
 
@@ -129,13 +131,14 @@ def load_run_params(directory, model_cfg: llada.LLaDAConfig, mesh, *,
   names the setting that pointed here, for errors.
   """
   saved, step = checkpoint.saved_config(directory)
-  abstract = _abstract(llada.abstract_params(model_cfg), parallel.param_shardings(model_cfg, mesh))
+  abstract = _abstract(llada.abstract_params(model_cfg),
+                       llada.param_shardings(model_cfg, mesh, rules))
   run_lora = lora.from_config(saved.get("model", {}))
   if run_lora is None:
     params, _, step = checkpoint.restore_params(directory, abstract, step)
     logging.info("params from %s (step %d)", directory, step)
     return params
-  run = ml_collections.ConfigDict(saved)
+  run = config_lib.saved(saved)
   run_cfg, base = load_model(run, make_tokenizer(run), mesh, jax.random.key(run.seed),
                              lora_supported=True)
   want = jax.tree.map(lambda a: a.shape, abstract)
@@ -147,7 +150,7 @@ def load_run_params(directory, model_cfg: llada.LLaDAConfig, mesh, *,
                      "the same model shapes")
   adapters, _, _ = checkpoint.restore_params(
       directory, _abstract(lora.abstract_adapters(run_cfg, run_lora),
-                           adapter_shardings(run_cfg, run_lora, mesh)), step)
+                           lora.adapter_shardings(run_cfg, run_lora, mesh, rules)), step)
   dtypes = jax.tree.map(lambda a: a.dtype, abstract)
   merge = jax.jit(lambda b, a: jax.tree.map(lambda x, dt: x.astype(dt),
                                             lora.merge(run_lora, b, a), dtypes),

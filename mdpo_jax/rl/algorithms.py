@@ -1,0 +1,49 @@
+"""RL algorithms as plug-ins: what an algorithm is, and the registry the config names them from.
+
+The RL loop (`training/rl_loop.py`) owns everything algorithms share: prompts, rollouts from the
+scan sampler, the reward pool, old-policy / reference log-probs, micro-batched updates,
+checkpoints and logging. An algorithm says only what differs:
+
+- `uses_trajectory`: whether rollouts record every step (x_t, x̂0_t, confidences);
+- `rows_per_rollout(rl)`: training rows one rollout gives (for the micro-batch check);
+- `rows(batch, scorer, rng, rl, mask_id=, eos_id=)`: a scored rollout batch → `Rows`;
+- `logprob_io(rows)`: (input tokens, target tokens) whose log-probs the loss compares, so the
+  loop can compute `old_logp` / `ref_logp` for it; `logp_temperature(rl)` their temperature;
+- `needs_old_logp(rl)`: whether the loss's ratio needs stored old-policy log-probs;
+- `loss(forward_fn, params, rows, rl)`: (scalar loss, metrics) — differentiated by the loop.
+
+Adding an algorithm is a module in `rl/` with such an object and one line in `ALGORITHMS`; the
+config selects it with `trainer=<name>`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from mdpo_jax.rl import diffu_grpo, mdpo
+from mdpo_jax.rl.rollout import Rows
+
+
+class Algorithm(Protocol):
+  name: str
+  uses_trajectory: bool
+
+  def rows_per_rollout(self, rl: Any) -> int: ...
+  def rows(self, batch, scorer, rng, rl, *, mask_id: int, eos_id: int) -> Rows: ...
+  def logprob_io(self, rows: dict) -> tuple[Any, Any]: ...
+  def logp_temperature(self, rl: Any) -> float: ...
+  def needs_old_logp(self, rl: Any) -> bool: ...
+  def loss(self, forward_fn, params, rows: dict, rl: Any): ...
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "mdpo": mdpo.MDPO(),
+    "diffu_grpo": diffu_grpo.DiffuGRPO(),
+}
+ALGORITHM_NAMES = tuple(ALGORITHMS)
+
+
+def get(name: str) -> Algorithm:
+  if name not in ALGORITHMS:
+    raise ValueError(f"trainer={name!r}: allowed RL algorithms {ALGORITHM_NAMES}")
+  return ALGORITHMS[name]

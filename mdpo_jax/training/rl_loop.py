@@ -1,0 +1,227 @@
+"""The RL loop (trainer = any algorithm in `rl.algorithms`: mdpo, diffu_grpo, ...).
+
+One *update* = one rollout batch (B prompts × G samples) → rewards → the algorithm's training
+rows → `rl.inner_iters` optimiser steps over all of them (gradients averaged over micro-batches,
+one optimiser step per pass, SPEC §4.6). Prompts for update u are drawn with
+`default_rng([seed, u])` and all randomness is `fold_in(key, u)`, so a resumed run repeats exactly
+what an uninterrupted one would do; the checkpoint holds params, optimiser state, the optimiser
+step and the RNG key.
+
+With LoRA the trainable params are the adapters (see `training/policy.py`); the KL reference is
+the frozen base, and for a full fine-tune a copy of the starting params (none when β = 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from mdpo_jax import parallel
+from mdpo_jax.data import pipeline
+from mdpo_jax.models import llada
+from mdpo_jax.rl import algorithms, rollout
+from mdpo_jax.rl.common import token_logprobs
+from mdpo_jax.rl.scoring import RewardPool
+from mdpo_jax.sampling.sampler import SamplerConfig
+from mdpo_jax.training import run as run_lib
+from mdpo_jax.training import steps
+
+
+def make_update(algorithm, run: run_lib.Run):
+  """state, rows, base → state, metrics: the mean gradient of the algorithm's loss over
+  `rl.micro_batch`-row micro-batches, one optimiser step."""
+  rl = run.config.rl
+  policy = run.policy
+
+  def loss_fn(params, rows, base):
+    return algorithm.loss(policy.forward(base), params, rows, rl)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def update(state, rows, base=None):
+    n = jax.tree.leaves(rows)[0].shape[0]
+    num_micro = n // rl.micro_batch
+    grads, losses_m, aux_m = steps.mean_gradients(
+        lambda p, mb, i: grad_fn(p, mb, base), state.params, steps.split_micro(rows, num_micro),
+        num_micro)
+    state, out = steps.apply_gradients(state, grads, run.optimizer)
+    out = {"loss": losses_m.mean(), **out, **{k: jnp.mean(v) for k, v in aux_m.items()}}
+    return state, out
+
+  return jax.jit(update, donate_argnums=0, out_shardings=(run.state_shardings, None))
+
+
+def logprob_fn(forward_fn, temperature: float, micro_batch: int):
+  """Jitted log-probs of targets for many rows, micro-batched (old policy / reference)."""
+  def run(params, tokens, targets, attention_mask):
+    n = tokens.shape[0]
+    split = lambda x: x.reshape(n // micro_batch, micro_batch, *x.shape[1:])  # noqa: E731
+    out = jax.lax.map(lambda xs: token_logprobs(forward_fn, params, xs[0], xs[1],
+                                                temperature=temperature, attention_mask=xs[2]),
+                      (split(tokens), split(targets), split(attention_mask)))
+    return out.reshape(n, -1)
+  return jax.jit(run)
+
+
+class _Learner:
+  """The per-update work of the RL loop: rollouts → rows → (old/ref log-probs) → updates."""
+
+  def __init__(self, run: run_lib.Run, algorithm, prompts, state_params):
+    self.run, self.algorithm = run, algorithm
+    rl = run.config.rl
+    self.rl = rl
+    self.problems, self.prompts_all, self.pmask_all = prompts
+    self.pool = RewardPool(run.task.reward, num_workers=rl.reward_workers,
+                           timeout_s=rl.reward_timeout_s, key_fn=run.task.key)
+    self.scorer = rollout.Scorer(run.tokenizer, self.pool, run.stop_ids)
+    self.update_fn = make_update(algorithm, run)
+    temperature = algorithm.logp_temperature(rl)
+    self.logprobs = logprob_fn(run.policy.sample_fn, temperature, rl.micro_batch)
+    lora_on = run.policy.lora_cfg is not None   # the reference is the plain model either way
+    self.ref_logprobs = (logprob_fn(llada.forward_fn(run.model_cfg), temperature, rl.micro_batch)
+                         if lora_on else self.logprobs)
+    self.ref_params = None
+    if rl.beta > 0:   # full fine-tune: a copy of the start; LoRA: the frozen base
+      self.ref_params = run.policy.base if lora_on else jax.tree.map(jnp.copy, state_params)
+    self.candidates = np.arange(len(self.problems))
+    self.filter_epoch = -1
+
+  def sampler_config(self, block: int, temperature: float | None = None) -> SamplerConfig:
+    kw = {} if temperature is None else {"temperature": temperature}
+    return SamplerConfig.for_model(self.run.model_cfg, gen_length=self.rl.gen_length,
+                                   block_length=block, steps=self.rl.steps,
+                                   remasking=self.rl.remasking, **kw)
+
+  def refresh_filter(self, update: int, params) -> None:
+    """MDPO's over-denoising filter (SPEC §4.7), recomputed every `rl.filter_refresh_updates`."""
+    epoch = update // self.rl.filter_refresh_updates
+    if self.rl.filter != "over_denoising" or epoch == self.filter_epoch:
+      return
+    self.candidates = over_denoising_candidates(self, params, seed=self.run.config.seed + epoch)
+    self.filter_epoch = epoch
+    self.run.writer.write(update, {"filter/kept": len(self.candidates)})
+
+  def one_update(self, state, update: int, key):
+    """Rollouts, rows and `rl.inner_iters` optimiser steps; returns (state, logged metrics)."""
+    rl, seed, policy = self.rl, self.run.config.seed, self.run.policy
+    started = time.time()
+    ukey = jax.random.fold_in(key, update)
+    self.refresh_filter(update, policy.sample_params(state.params))
+    pick = np.random.default_rng([seed, update]).choice(
+        self.candidates, rl.prompts_per_update,
+        replace=len(self.candidates) < rl.prompts_per_update)
+    block = int(np.random.default_rng([seed, update, 1]).choice(list(rl.block_lengths)))
+    batch = rollout.sample(policy.sample_fn, policy.sample_params(state.params),
+                           self.prompts_all[pick], self.pmask_all[pick],
+                           [self.problems[i] for i in pick],
+                           self.sampler_config(block, rl.temperature), ukey,
+                           group_size=rl.group_size,
+                           with_trajectory=self.algorithm.uses_trajectory)
+    made = self.algorithm.rows(batch, self.scorer, ukey, rl,
+                               mask_id=self.run.model_cfg.mask_token_id,
+                               eos_id=self.run.model_cfg.eos_token_id)
+    rows = self._with_logprobs(made.rows, state)
+    outs = []
+    for _ in range(rl.inner_iters):
+      state, out = self.update_fn(state, rows, policy.base)
+      outs.append(out)
+    out = jax.tree.map(lambda *xs: float(np.mean(xs)), *outs)
+    groups = made.final_rewards.reshape(-1, rl.group_size)
+    out.update({"reward/final_mean": float(made.final_rewards.mean()),
+                "reward/mixed_groups": float(((groups > 0).any(1) & (groups <= 0).any(1)).mean()),
+                **{f"reward/{k}": made.stats[k] for k in ("timeouts", "errors", "crashes")},
+                "block_length": block, "seconds": time.time() - started, **made.metrics})
+    return state, out
+
+  def _with_logprobs(self, rows, state):
+    """The rows on the mesh, with old-policy / reference log-probs where the loss needs them."""
+    tokens_in, targets = self.algorithm.logprob_io(rows)
+    if self.algorithm.needs_old_logp(self.rl):
+      rows["old_logp"] = self.logprobs(self.run.policy.sample_params(state.params), tokens_in,
+                                       targets, rows["attention_mask"])
+    if self.rl.beta > 0:
+      rows["ref_logp"] = self.ref_logprobs(self.ref_params, tokens_in, targets,
+                                           rows["attention_mask"])
+    return parallel.shard_batch(rows, self.run.mesh)
+
+
+def rl_prompts(run: run_lib.Run):
+  """(problems, prompt ids, prompt masks) RL samples from (`rl.prompt_source`)."""
+  rl = run.config.rl
+  problems = (run.task.train() if rl.prompt_source == "train"
+              else run.task.fresh(rl.fresh_size, "rl.fresh_size"))
+  logging.info("RL prompts: %d (rl.prompt_source=%s)", len(problems), rl.prompt_source)
+  prompts, mask = pipeline.eval_prompts([run.task.prompt(p) for p in problems], run.tokenizer,
+                                        prompt_len=run.config.data.prompt_len,
+                                        pad_id=run.model_cfg.pad_token_id)
+  return problems, prompts, mask
+
+
+def train(config, workdir: str | Path) -> dict:
+  """Run the RL algorithm `config.trainer`; returns {'step', 'update', 'loss', 'eval',
+  'history', 'params', 'model_config'} (+ 'adapters' with LoRA) of the final state."""
+  run, state = run_lib.setup_run(config, workdir)
+  learner = None
+  try:
+    algorithm = algorithms.get(run.config.trainer)
+    learner = _Learner(run, algorithm, rl_prompts(run), state.params)
+    state = run.restore(state)
+    state, update, history = _loop(run, learner, state)
+    return run_lib.result(run, state, update, held_out=run.task.held_out(), update=update,
+                          history=history, loss=None)
+  finally:
+    if learner is not None:
+      learner.pool.close()
+    run.close()
+
+
+def _loop(run: run_lib.Run, learner: _Learner, state):
+  """Updates until rl.num_updates or the deadline; logs and checkpoints."""
+  rl, train_cfg = run.config.rl, run.config.train
+  start = int(state.step) // rl.inner_iters
+  key = jax.random.key(run.config.seed + 17)
+  history = []
+  update = start
+  bar = tqdm(range(start, rl.num_updates), desc=run.config.trainer, unit="update",
+             disable=jax.process_index() != 0)
+  for update in bar:
+    state, out = learner.one_update(state, update, key)
+    logged = run.writer.write(update + 1, out)
+    history.append(logged)
+    bar.set_postfix(reward=f"{logged['reward/final_mean']:.3f}")
+    done, timed_out = update + 1 == rl.num_updates, run.timed_out()
+    if (update + 1) % train_cfg.checkpoint_every == 0 or done or timed_out:
+      run.save(int(state.step), state)
+    if timed_out:
+      logging.warning("train.max_minutes reached after update %d", update + 1)
+      break
+  else:
+    update = rl.num_updates - 1
+  bar.close()
+  return state, update + 1, history
+
+
+def over_denoising_candidates(learner: _Learner, params, *, seed: int) -> np.ndarray:
+  """Indices of RL prompts whose greedy trajectory (of the current policy, `params`) has a right
+  intermediate prediction but a wrong final answer (MDPO's data filter, SPEC §4.7); all scanned
+  prompts if none qualify."""
+  rl, run = learner.rl, learner.run
+  n = min(rl.filter_pool_size, len(learner.problems))
+  idx = np.random.default_rng(seed).choice(len(learner.problems), n, replace=False)
+  sc = learner.sampler_config(rl.block_lengths[0])
+  keep = []
+  bs = run.config.eval.batch_size
+  for start in range(0, n, bs):
+    sl = idx[start:start + bs]
+    batch = rollout.sample(run.policy.sample_fn, params, learner.prompts_all[sl],
+                           learner.pmask_all[sl], [learner.problems[i] for i in sl], sc,
+                           jax.random.key(0), group_size=1)
+    r_NxT, _ = learner.scorer.step_rewards(batch)
+    keep.extend(sl[rollout.over_denoised(r_NxT, r_NxT[:, -1])].tolist())
+  return np.asarray(keep if keep else idx.tolist())

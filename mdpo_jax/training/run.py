@@ -1,0 +1,135 @@
+"""One run setup for every trainer: mesh, tokenizer, model, policy, sharded state, task,
+checkpointer, metrics writer and deadline, built from a validated config.
+
+The SFT/pretrain loop (`sft_loop.py`) and the RL loop (`rl_loop.py`) each hold only their step
+function and loop body; everything they share is built here, the same way, so a checkpoint of
+either can be read back by the other and by `python -m mdpo_jax.evaluate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import optax
+
+from mdpo_jax import config as config_lib
+from mdpo_jax import parallel, tasks
+from mdpo_jax.models import llada
+from mdpo_jax.training import checkpoint, evaluation, metrics, optim, setup
+from mdpo_jax.training import state as state_lib
+from mdpo_jax.training.policy import Policy
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Everything a loop needs besides its step function (built once by `setup_run`)."""
+
+  config: config_lib.RunConfig
+  workdir: Path
+  mesh: jax.sharding.Mesh
+  tokenizer: Any
+  model_cfg: llada.LLaDAConfig
+  policy: Policy
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  state_shardings: Any
+  task: Any                     # a tasks.Task, or None for pretraining
+  checkpointer: checkpoint.Checkpointer
+  writer: metrics.MetricWriter
+  deadline: float | None        # wall-clock time after which the loop saves and stops
+
+  @property
+  def stop_ids(self) -> tuple[int, int]:
+    return (self.model_cfg.eos_token_id, self.model_cfg.eot_token_id)
+
+  def timed_out(self) -> bool:
+    return self.deadline is not None and time.time() > self.deadline
+
+  def restore(self, state, data_iterator=None):
+    """`state` resumed from the latest checkpoint in the workdir, if there is one (and the data
+    iterator's position restored in place)."""
+    if self.checkpointer.latest_step() is None:
+      return state
+    step, state = self.checkpointer.restore(checkpoint.abstract_like(state), data_iterator)
+    logging.info("resumed from checkpoint %d", step)
+    return state
+
+  def save(self, step: int, state, data_iterator=None) -> None:
+    self.checkpointer.save(step, state, data_iterator, self.config.to_json(), force=True)
+
+  def evaluate(self, params, problems) -> list[dict]:
+    """The run's `eval` settings on the first `eval.num_problems` of `problems`."""
+    return evaluation.evaluate_task(self.config, self.model_cfg, params, self.tokenizer,
+                                    self.task, problems[: self.config.eval.num_problems])
+
+  def log_eval(self, step: int, rows: list[dict]) -> None:
+    self.writer.write(step, {f"eval/{r['setting']}/accuracy": r["accuracy"] for r in rows})
+
+  def close(self) -> None:
+    """Wait for the last checkpoint to be written, then close it and the writer."""
+    try:
+      self.checkpointer.close()
+    finally:
+      self.writer.close()
+
+
+def _policy_and_params(config, model_cfg, params, mesh) -> tuple[Policy, Any]:
+  """(policy, trainable params): the loaded params, or fresh adapters on them as frozen base."""
+  lora_cfg = setup.lora_config(config, model_cfg)
+  if lora_cfg is None:
+    return Policy(model_cfg, None, None), params
+  return (Policy(model_cfg, lora_cfg, params),
+          setup.init_adapters(config, model_cfg, lora_cfg, mesh))
+
+
+def setup_run(config, workdir: str | Path) -> tuple[Run, state_lib.TrainState]:
+  """(run, initial state) for a validated `config` (a RunConfig, or a ConfigDict to validate).
+
+  The state is fresh (step 0, placed on the mesh); `run.restore(state)` resumes it."""
+  config = config_lib.ensure(config)
+  mesh = setup.make_mesh(config)
+  tokenizer = setup.make_tokenizer(config)
+  model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(config.seed),
+                                       lora_supported=True)
+  policy, params = _policy_and_params(config, model_cfg, params, mesh)
+  num_steps = config.optimizer_steps
+  optimizer = optim.make_optimizer(config.optim, num_steps)
+  state = jax.jit(functools.partial(state_lib.create, optimizer=optimizer, seed=config.seed))(
+      params)
+  shardings = parallel.tree_shardings(state, mesh)
+  state = jax.device_put(state, shardings)
+  workdir = Path(workdir)
+  train_cfg = config.train
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=train_cfg.keep_checkpoints,
+                                 async_save=train_cfg.async_checkpoint)
+  writer = metrics.MetricWriter(workdir, tensorboard=config.logging.tensorboard,
+                                wandb=config.logging.wandb,
+                                wandb_project=config.logging.wandb_project,
+                                run_config=config.to_json())
+  task = None if config.trainer == "pretrain" else tasks.build(config.task, config.seed)
+  deadline = time.time() + 60 * train_cfg.max_minutes if train_cfg.max_minutes else None
+  run = Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, model_cfg=model_cfg,
+            policy=policy, optimizer=optimizer,
+            schedule=optim.learning_rate_schedule(config.optim, num_steps),
+            state_shardings=shardings, task=task, checkpointer=ckpt, writer=writer,
+            deadline=deadline)
+  return run, state
+
+
+def result(run: Run, state, step: int, *, held_out=(), **extra) -> dict:
+  """The loops' return value: final step, merged params (plain `llada.forward`), the trained
+  adapters with LoRA, and the end-of-run evaluation on `held_out` (logged too)."""
+  out = {"step": step, "eval": [], "params": run.policy.merged(state.params),
+         "model_config": run.model_cfg, **extra}
+  if run.policy.lora_cfg is not None:
+    out["adapters"] = state.params
+  if held_out:
+    out["eval"] = run.evaluate(out["params"], held_out)
+    run.log_eval(step, out["eval"])
+  return out
