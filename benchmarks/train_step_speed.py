@@ -2,8 +2,8 @@
 
   python benchmarks/train_step_speed.py [--sft_batch 64 --prompts 8 --group 16 --repeats 5]
 
-Run from the repository root (it reads configs/countdown_tiny_{sft,mdpo}.py). The model is the
-recipes' (random weights: throughput does not depend on them, only the rewards do). Prints, from
+It reads configs/countdown_tiny_{sft,mdpo}.py and builds the MDPO recipe's run with the
+trainers' own setup (`training/run.py`). The model is the recipes' (random weights: throughput does not depend on them, only the rewards do). Prints, from
 one run, the median seconds of: one SFT optimiser step (batch × sequence of the recipe); and the
 three phases of one MDPO update — the rollouts (B·G trajectories in one jitted `lax.scan`), the
 host-side decoding + verification of every intermediate prediction, and the optimiser update on
@@ -16,23 +16,22 @@ import functools
 import os
 import statistics
 import sys
+import tempfile
 import time
 
-sys.path.insert(0, os.getcwd())  # configs/ lives at the repository root
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import countdown_tiny_mdpo, countdown_tiny_sft  # noqa: E402
-from mdpo_jax import parallel  # noqa: E402
-from mdpo_jax.data import pipeline  # noqa: E402
-from mdpo_jax.models import llada  # noqa: E402
-from mdpo_jax.rl import mdpo, rollout  # noqa: E402
-from mdpo_jax.rl import trainer as rl_trainer  # noqa: E402
-from mdpo_jax.rl.scoring import RewardPool  # noqa: E402
-from mdpo_jax.sampling.sampler import SamplerConfig  # noqa: E402
-from mdpo_jax.training import loop, optim, setup, task_data  # noqa: E402
-from mdpo_jax.training import state as state_lib  # noqa: E402
+from configs import countdown_tiny_mdpo, countdown_tiny_sft
+from mdpo_jax import parallel
+from mdpo_jax.data import pipeline
+from mdpo_jax.rl import algorithms, rollout
+from mdpo_jax.rl.scoring import RewardPool
+from mdpo_jax.sampling.sampler import SamplerConfig
+from mdpo_jax.training import optim, rl_loop, sft_loop
+from mdpo_jax.training import run as run_lib
+from mdpo_jax.training import state as state_lib
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -59,11 +58,33 @@ def main():
   if args.group:
     rl_cfg.rl.group_size = args.group
   rl = rl_cfg.rl
-  tokenizer = setup.make_tokenizer(sft_cfg)
-  mesh = parallel.mesh_from_config(sft_cfg.mesh)
-  model_cfg, params = setup.load_model(sft_cfg, tokenizer, mesh, jax.random.key(0))
-  fwd = llada.forward_fn(model_cfg)
+  rl_cfg.logging.tensorboard = False
+  with tempfile.TemporaryDirectory() as workdir:   # the run's own setup, nothing kept
+    run, rl_state = run_lib.setup_run(rl_cfg, workdir)
+    try:
+      sft_s, roll_s, score_s, update_s, n_rows = _measure(args, sft_cfg, run, rl_state)
+    finally:
+      run.close()
+  total = roll_s + score_s + update_s
+  n = rl.prompts_per_update * rl.group_size
+  print(f"device: {jax.devices()[0].device_kind} ×{jax.device_count()}; model "
+        f"{run.model_cfg.num_params() / 1e6:.2f}M params; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print(f"SFT step (batch {batch_size} × {seq} tokens): {sft_s * 1e3:.0f} ms → "
+        f"{1 / sft_s:.2f} steps/s")
+  print(f"MDPO update ({rl.prompts_per_update} prompts × G={rl.group_size} = {n} rollouts of "
+        f"{rl.gen_length} tokens in {rl.steps} steps; {n_rows} trained steps):")
+  print("| phase | seconds | share |\n|---|---|---|")
+  for name, s in (("rollouts (one jitted scan)", roll_s),
+                  (f"decode + verify {n * rl.steps} predictions (host)", score_s),
+                  ("update (micro-batched grad + AdamW)", update_s)):
+    print(f"| {name} | {s:.3f} | {s / total:.0%} |")
+  print(f"| total | {total:.3f} | → {3600 / total:.0f} updates/hour |")
 
+
+def _measure(args, sft_cfg, run: run_lib.Run, rl_state):
+  """Median seconds of an SFT step and of the three phases of an MDPO update (`rl_loop`)."""
+  rl, model_cfg, policy = run.config.rl, run.model_cfg, run.policy
+  params = rl_state.params
   # SFT: one optimiser step on a batch of the recipe's shape.
   batch_size = args.sft_batch or sft_cfg.data.batch_size
   seq = sft_cfg.data.seq_len
@@ -71,30 +92,28 @@ def main():
   batch = {"tokens": rng.integers(0, model_cfg.vocab_size - 4, (batch_size, seq), np.int32),
            "prompt_mask": np.arange(seq)[None, :].repeat(batch_size, 0) < sft_cfg.data.prompt_len}
   sft_opt = optim.make_optimizer(sft_cfg.optim, 1000)
-  sft_step = jax.jit(loop.make_train_step("sft", model_cfg, sft_opt,
-                                          optim.learning_rate_schedule(sft_cfg.optim, 1000),
-                                          accum=1, mask_eps=sft_cfg.optim.mask_eps))
+  sft_step = jax.jit(sft_loop.make_train_step(
+      "sft", policy, sft_opt, optim.learning_rate_schedule(sft_cfg.optim, 1000), accum=1,
+      mask_eps=sft_cfg.optim.mask_eps))
   sft_state = state_lib.create(params, sft_opt, 0)
   sft_s = median_seconds(lambda: sft_step(sft_state, batch)[1]["loss"], args.repeats)
 
-  # MDPO: rollouts, scoring, update — the three phases of `rl.trainer.train`'s loop body.
-  train, _ = task_data.splits(sft_cfg)
-  problems = train[: rl.prompts_per_update]
-  prompts, pmask = pipeline.eval_prompts([task_data.prompt_text(sft_cfg, p) for p in problems],
-                                         tokenizer, prompt_len=sft_cfg.data.prompt_len,
+  # MDPO: rollouts, scoring, update — the three phases of `rl_loop`'s update.
+  problems = run.task.train()[: rl.prompts_per_update]
+  prompts, pmask = pipeline.eval_prompts([run.task.prompt(p) for p in problems], run.tokenizer,
+                                         prompt_len=run.config.data.prompt_len,
                                          pad_id=model_cfg.pad_token_id)
   sc = SamplerConfig.for_model(model_cfg, gen_length=rl.gen_length, block_length=rl.gen_length,
                                steps=rl.steps, temperature=rl.temperature)
-  sample = functools.partial(rollout.sample, fwd, params, prompts, pmask, problems, sc,
-                             group_size=rl.group_size)
+  sample = functools.partial(rollout.sample, policy.sample_fn, params, prompts, pmask, problems,
+                             sc, group_size=rl.group_size)
   roll_s = median_seconds(lambda: sample(jax.random.key(1)).tokens_NxL, args.repeats)
   batch_rl = sample(jax.random.key(1))
-  stops = (model_cfg.eos_token_id, model_cfg.eot_token_id)
   rewards = []
 
   def score():  # a fresh pool each time: the pool caches repeated (prediction, problem) pairs
-    pool = RewardPool(task_data.reward_fn(sft_cfg), num_workers=0, key_fn=task_data.problem_key)
-    rewards[:] = [rollout.step_rewards(batch_rl, tokenizer, pool, stops)[0]]
+    pool = RewardPool(run.task.reward, num_workers=0, key_fn=run.task.key)
+    rewards[:] = [rollout.step_rewards(batch_rl, run.tokenizer, pool, run.stop_ids)[0]]
     pool.close()
     return np.zeros(())
   score_s = median_seconds(score, args.repeats)
@@ -102,30 +121,12 @@ def main():
   rewards_NxT = rng.integers(0, 2, rewards[0].shape).astype(np.float32)
   rows = rollout.mdpo_examples(batch_rl, rewards_NxT, top_k=rl.top_k,
                                mask_id=model_cfg.mask_token_id)
-  rl_opt = optim.make_optimizer(rl_cfg.optim, 1000)
-
-  def loss_fn(p, r, base):  # base: the frozen LoRA base (None: full fine-tune, as here)
-    del base
-    return mdpo.mdpo_loss(fwd, p, r, temperature=rl.temperature, gen_length=rl.gen_length,
-                          clip_eps=rl.clip_eps, beta=0.0)
-  update = jax.jit(rl_trainer._accumulated_update(loss_fn, rl_opt, rl.micro_batch))
-  rl_state = state_lib.create(params, rl_opt, 0)
-  update_s = median_seconds(lambda: update(rl_state, rows)[1]["loss"], args.repeats)
-
-  total = roll_s + score_s + update_s
-  n = rl.prompts_per_update * rl.group_size
-  print(f"device: {jax.devices()[0].device_kind} ×{jax.device_count()}; model "
-        f"{model_cfg.num_params() / 1e6:.2f}M params; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  print(f"SFT step (batch {batch_size} × {seq} tokens): {sft_s * 1e3:.0f} ms → "
-        f"{1 / sft_s:.2f} steps/s")
-  print(f"MDPO update ({rl.prompts_per_update} prompts × G={rl.group_size} = {n} rollouts of "
-        f"{rl.gen_length} tokens in {rl.steps} steps; {len(rows['adv'])} trained steps):")
-  print("| phase | seconds | share |\n|---|---|---|")
-  for name, s in (("rollouts (one jitted scan)", roll_s),
-                  (f"decode + verify {n * rl.steps} predictions (host)", score_s),
-                  ("update (micro-batched grad + AdamW)", update_s)):
-    print(f"| {name} | {s:.3f} | {s / total:.0%} |")
-  print(f"| total | {total:.3f} | → {3600 / total:.0f} updates/hour |")
+  rows = parallel.shard_batch(rows, run.mesh)
+  update = rl_loop.make_update(algorithms.get("mdpo"), run)   # donates its state: pass copies
+  update_s = median_seconds(
+      lambda: update(jax.tree.map(jnp.copy, rl_state), rows, policy.base)[1]["loss"],
+      args.repeats)
+  return sft_s, roll_s, score_s, update_s, len(rows["adv"])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import numpy as np
 from absl import app, flags
 
 from mdpo_jax import parallel
+from mdpo_jax.data import pipeline
+from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import hf, llada
 from mdpo_jax.sampling import sampler
 
@@ -47,25 +49,15 @@ _SKIP_SPECIAL = flags.DEFINE_boolean("skip_special_tokens", True, "Hide special 
 
 
 def encode_prompts(tokenizer, prompts: list[str], chat: bool, pad_id: int):
-  """Left-padded [B, P] ids and mask for a batch of prompts."""
+  """Left-padded [B, P] ids and mask for a batch of prompts (P = the longest)."""
   encoded = [hf.encode_chat(tokenizer, p) if chat else tokenizer.encode(p).ids for p in prompts]
-  width = max(len(ids) for ids in encoded)
-  tokens = np.full((len(encoded), width), pad_id, np.int32)
-  mask = np.zeros((len(encoded), width), np.int32)
-  for row, ids in enumerate(encoded):
-    if ids:
-      tokens[row, width - len(ids):] = ids
-      mask[row, width - len(ids):] = 1
-  return tokens, mask
+  return pipeline.left_padded(encoded, max(len(ids) for ids in encoded), pad_id)
 
 
 def answer_text(tokenizer, ids, config: llada.LLaDAConfig, skip_special: bool) -> str:
   """Decode an answer, cutting at the first EOS/EOT (the rest is padding)."""
-  ids = [int(i) for i in ids]
-  for stop in (config.eos_token_id, config.eot_token_id):
-    if stop in ids:
-      ids = ids[: ids.index(stop)]
-  return tokenizer.decode(ids, skip_special_tokens=skip_special)
+  return decode_completions(tokenizer, [ids], (config.eos_token_id, config.eot_token_id),
+                            skip_special_tokens=skip_special)[0]
 
 
 def render_state(tokenizer, ids, mask_id: int) -> str:

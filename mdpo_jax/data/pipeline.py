@@ -256,8 +256,7 @@ def eval_prompts(prompts: Sequence[str], tokenizer: tokenizers.Tokenizer, *, pro
   pad_id = _check_int("pad_id", pad_id, minimum=0)
   if isinstance(prompts, str):
     raise TypeError("prompts must be a sequence of str, got a single str")
-  tokens_NxP = np.full((len(prompts), prompt_len), pad_id, np.int32)
-  mask_NxP = np.zeros((len(prompts), prompt_len), np.int32)
+  rows = []
   for i, prompt in enumerate(prompts):
     try:
       ids = encode_text(tokenizer, prompt)
@@ -266,9 +265,20 @@ def eval_prompts(prompts: Sequence[str], tokenizer: tokenizers.Tokenizer, *, pro
     if len(ids) > prompt_len:
       raise ValueError(f"prompt {i} has {len(ids)} tokens, more than prompt_len={prompt_len}; "
                        "raise prompt_len (prompts are never truncated)")
+    rows.append(ids)
+  return left_padded(rows, prompt_len, pad_id)
+
+
+def left_padded(rows: Sequence[Sequence[int]], width: int, pad_id: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Token rows right-aligned in a [N, width] int32 array padded with `pad_id` on the left, and
+  the mask (1 on the tokens): the layout the sampler continues from. Rows must fit `width`."""
+  tokens_NxP = np.full((len(rows), width), pad_id, np.int32)
+  mask_NxP = np.zeros((len(rows), width), np.int32)
+  for i, ids in enumerate(rows):
     if ids:
-      tokens_NxP[i, prompt_len - len(ids):] = ids
-      mask_NxP[i, prompt_len - len(ids):] = 1
+      tokens_NxP[i, width - len(ids):] = ids
+      mask_NxP[i, width - len(ids):] = 1
   return tokens_NxP, mask_NxP
 
 

@@ -91,7 +91,9 @@ def _policy_and_params(config, model_cfg, params, mesh) -> tuple[Policy, Any]:
 def setup_run(config, workdir: str | Path) -> tuple[Run, state_lib.TrainState]:
   """(run, initial state) for a validated `config` (a RunConfig, or a ConfigDict to validate).
 
-  The state is fresh (step 0, placed on the mesh); `run.restore(state)` resumes it."""
+  The state is fresh (step 0, placed on the mesh); `run.restore(state)` resumes it. The
+  checkpointer and writer are made last, so the caller's `try: ... finally: run.close()` is
+  the only place they are closed."""
   config = config_lib.ensure(config)
   mesh = setup.make_mesh(config)
   tokenizer = setup.make_tokenizer(config)
@@ -106,13 +108,13 @@ def setup_run(config, workdir: str | Path) -> tuple[Run, state_lib.TrainState]:
   state = jax.device_put(state, shardings)
   workdir = Path(workdir)
   train_cfg = config.train
+  task = None if config.trainer == "pretrain" else tasks.build(config.task, config.seed)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=train_cfg.keep_checkpoints,
                                  async_save=train_cfg.async_checkpoint)
   writer = metrics.MetricWriter(workdir, tensorboard=config.logging.tensorboard,
                                 wandb=config.logging.wandb,
                                 wandb_project=config.logging.wandb_project,
                                 run_config=config.to_json())
-  task = None if config.trainer == "pretrain" else tasks.build(config.task, config.seed)
   deadline = time.time() + 60 * train_cfg.max_minutes if train_cfg.max_minutes else None
   run = Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, model_cfg=model_cfg,
             policy=policy, optimizer=optimizer,

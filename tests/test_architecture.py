@@ -1,0 +1,97 @@
+"""The package's layering (shared/DESIGN.md), read from the source with `ast`: arrows point down
+only, there is no import cycle, and no function outgrows a screen."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "mdpo_jax"
+ENTRY_POINTS = {"mdpo_jax.train", "mdpo_jax.evaluate", "mdpo_jax.generate", "mdpo_jax.reproduce"}
+
+
+def _modules() -> dict[str, Path]:
+  out = {}
+  for path in PACKAGE.rglob("*.py"):
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    out[name] = path
+  return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str) -> set[str]:
+  """Package modules that `name` imports anywhere (module level or inside functions)."""
+  tree = ast.parse(MODULES[name].read_text())
+  found = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      found.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      subs = {f"{node.module}.{a.name}" for a in node.names} & set(MODULES)
+      found.update(subs)
+      if len(subs) < len(node.names):   # names from the module itself, not only its submodules
+        found.add(node.module)
+  return {m for m in found if m in MODULES and m != name and m != "mdpo_jax"}
+
+
+GRAPH = {name: _imports(name) for name in MODULES}
+
+
+def test_the_graph_is_read():   # guards the tests below against an empty or broken parse
+  assert "mdpo_jax.training.rl_loop" in GRAPH
+  assert {"mdpo_jax.rl.algorithms", "mdpo_jax.training.run"} <= GRAPH["mdpo_jax.training.rl_loop"]
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if m.startswith("mdpo_jax.rl")))
+def test_rl_never_imports_training_or_an_entry_point(name):
+  bad = {m for m in GRAPH[name] if m.startswith("mdpo_jax.training") or m in ENTRY_POINTS
+         or m == "mdpo_jax.config"}
+  assert not bad, f"{name} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("lower,upper", [
+    ("mdpo_jax.models", "mdpo_jax.sampling"), ("mdpo_jax.models", "mdpo_jax.rl"),
+    ("mdpo_jax.sampling", "mdpo_jax.rl"), ("mdpo_jax.sampling", "mdpo_jax.tasks"),
+    ("mdpo_jax.tasks", "mdpo_jax.training"), ("mdpo_jax.models", "mdpo_jax.training")])
+def test_lower_rooms_do_not_import_upper_ones(lower, upper):
+  for name in MODULES:
+    if name.startswith(lower):
+      assert not any(m.startswith(upper) for m in GRAPH[name]), (name, GRAPH[name])
+
+
+def test_parallel_knows_no_model_family():
+  assert not GRAPH["mdpo_jax.parallel"], GRAPH["mdpo_jax.parallel"]
+
+
+def test_no_import_cycle():
+  state: dict[str, int] = {}   # 1 = on the current path, 2 = done
+
+  def visit(name, path):
+    state[name] = 1
+    for dep in GRAPH[name]:
+      if state.get(dep) == 1:
+        raise AssertionError("import cycle: " + " → ".join(path + [name, dep]))
+      if dep not in state:
+        visit(dep, path + [name])
+    state[name] = 2
+  for name in sorted(GRAPH):
+    if name not in state:
+      visit(name, [])
+
+
+def test_no_function_longer_than_80_lines():
+  """Code lines from the signature to the end, the docstring not counted."""
+  long = []
+  for name, path in MODULES.items():
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        n = node.end_lineno - node.lineno + 1
+        first = node.body[0]
+        if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant):
+          n -= first.end_lineno - first.lineno + 1
+        if n > 80:
+          long.append(f"{name}.{node.name}: {n} lines")
+  assert not long, long
