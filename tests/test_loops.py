@@ -56,7 +56,7 @@ def _init(config):
 
 def test_sft_loop_equals_a_hand_written_loop(tmp_path):
   c = _tiny(base.get_config())
-  c.train.num_steps, c.optim.warmup_steps, c.optim.grad_accum_steps = 4, 1, 2
+  c.train.num_steps, c.optim.warmup_steps, c.optim.grad_accum_steps = 3, 1, 2
   result = sft_loop.train(c, tmp_path)
 
   tokenizer, cfg, params = _init(c)
@@ -64,7 +64,7 @@ def test_sft_loop_equals_a_hand_written_loop(tmp_path):
   examples = [{"prompt": task.prompt(p), "answer": task.sft_answer(p)} for p in task.train()]
   data = iter(pipeline.sft_dataset(examples, tokenizer, seq_len=c.data.seq_len,
                                    eos_id=cfg.eos_token_id, seed=c.seed, batch_size=8))
-  opt = optim.make_optimizer(c.optim, 4)
+  opt = optim.make_optimizer(c.optim, 3)
   opt_state = opt.init(params)
   fwd = llada.forward_fn(cfg)
   key = jax.random.key(c.seed)
@@ -75,7 +75,7 @@ def test_sft_loop_equals_a_hand_written_loop(tmp_path):
 
   grad = jax.jit(jax.value_and_grad(loss))
   want = []
-  for step in range(4):
+  for step in range(3):
     batch = next(data)
     step_key = jax.random.fold_in(key, step)
     values, grads = [], []
