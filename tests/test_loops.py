@@ -20,22 +20,14 @@ from mdpo_jax.models import llada
 from mdpo_jax.rl import mdpo, rollout
 from mdpo_jax.rl.scoring import RewardPool
 from mdpo_jax.sampling.sampler import SamplerConfig
-from mdpo_jax.training import metrics, optim, rl_loop, run as run_lib, setup, sft_loop
+from mdpo_jax.training import metrics, optim, rl_loop, setup, sft_loop
+from run_helpers import digit_share, tiny_run, use_reward
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:qwix.*")
 
 
 def _tiny(c):
-  c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.n_kv_heads = 32, 1, 2, 2
-  c.model.mlp_hidden_size = 64
-  c.task.train_size, c.task.eval_size = 64, 8
-  c.data.batch_size = 8
-  c.eval.num_problems, c.eval.batch_size = 8, 8
-  c.eval.gen_length, c.eval.block_length, c.eval.steps = 8, 8, (4,)
-  c.eval.remasking = ("low_confidence",)
-  c.eval.trajectory_stats = False
-  c.logging.tensorboard = False
-  c.train.async_checkpoint = False
+  c = tiny_run(c)
   c.train.log_every = 1
   return c
 
@@ -94,20 +86,8 @@ def test_sft_loop_equals_a_hand_written_loop(tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-def _digit_share(completion, problem):
-  """A dense stand-in reward (an untrained model never solves Countdown): share of digits."""
-  del problem
-  return sum(ch.isdigit() for ch in completion) / max(len(completion), 1)
-
-
 def test_rl_loop_equals_a_hand_written_mdpo_loop(tmp_path, monkeypatch):
-  real_build = tasks.build
-
-  def build(task_cfg, seed):
-    task = real_build(task_cfg, seed)
-    task.reward = _digit_share
-    return task
-  monkeypatch.setattr(run_lib.tasks, "build", build)
+  build = use_reward(monkeypatch, digit_share)
   c = _tiny(countdown_tiny_mdpo.get_config())
   c.rl.prompt_source, c.rl.num_updates, c.rl.inner_iters, c.rl.beta = "train", 2, 2, 0.05
   c.rl.prompts_per_update, c.rl.group_size, c.rl.top_k = 2, 4, 2
@@ -123,7 +103,7 @@ def test_rl_loop_equals_a_hand_written_mdpo_loop(tmp_path, monkeypatch):
   ref_params = params
   opt = optim.make_optimizer(c.optim, 4)
   opt_state = opt.init(params)
-  pool = RewardPool(_digit_share, num_workers=0)
+  pool = RewardPool(digit_share, num_workers=0)
   key = jax.random.key(c.seed + 17)
   sc = SamplerConfig.for_model(cfg, gen_length=8, block_length=8, steps=4, temperature=0.5,
                                remasking="low_confidence")

@@ -15,7 +15,7 @@ from mdpo_jax.models import llada, lora
 from mdpo_jax.rl import rollout
 from mdpo_jax.sampling.sampler import Trajectory
 from mdpo_jax.training import checkpoint, metrics, rl_loop, setup, sft_loop
-from mdpo_jax.training import run as run_lib
+from run_helpers import digit_share, tiny_run, use_reward
 
 # qwix 0.1.8 still reads Variable.value / VariableState, deprecated in flax 0.12.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:qwix.*")
@@ -75,20 +75,13 @@ def test_over_denoising_filter_on_synthetic_rewards():
   r = np.array([[0, 1, 0], [1, 1, 1], [0, 0, 0], [1, 0, 0], [0, 0, 1]], np.float32)
   np.testing.assert_array_equal(rollout.over_denoised(r, r[:, -1]),
                                 [True, False, False, True, False])
+  # Dense rewards (Sudoku's fraction of cells): "right" means full reward, not any reward.
+  d = np.array([[0.5, 0.9, 0.5], [1.0, 0.5, 0.5], [0.2, 1.0, 1.0]], np.float32)
+  np.testing.assert_array_equal(rollout.over_denoised(d, d[:, -1]), [False, True, False])
 
 
 def _tiny(config):
-  c = config
-  c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.n_kv_heads = 32, 1, 2, 2
-  c.model.mlp_hidden_size = 64
-  c.task.train_size, c.task.eval_size = 64, 8
-  c.data.batch_size = 8
-  c.eval.num_problems, c.eval.batch_size = 8, 8
-  c.eval.gen_length, c.eval.block_length, c.eval.steps = 8, 8, (4,)
-  c.eval.remasking = ("low_confidence",)
-  c.eval.trajectory_stats = False
-  c.logging.tensorboard = False
-  c.train.async_checkpoint = False
+  c = tiny_run(config)
   c.train.checkpoint_every = 1
   c.rl.prompts_per_update, c.rl.group_size, c.rl.top_k = 2, 4, 2
   c.rl.gen_length, c.rl.steps, c.rl.block_lengths = 8, 4, (4, 8)
@@ -107,22 +100,9 @@ def sft_checkpoint(tmp_path_factory):
   return str(workdir / "checkpoints")
 
 
-def _digit_share(completion, problem):
-  """A dense reward (the tiny SFT model never solves Countdown, so the task's reward is all 0,
-  and so would be every advantage and gradient): the share of digits in the completion."""
-  del problem
-  return sum(ch.isdigit() for ch in completion) / max(len(completion), 1)
-
-
 @pytest.fixture
 def dense_reward(monkeypatch):
-  real_build = tasks.build
-
-  def build(task_cfg, seed):
-    task = real_build(task_cfg, seed)
-    task.reward = _digit_share
-    return task
-  monkeypatch.setattr(run_lib.tasks, "build", build)
+  use_reward(monkeypatch, digit_share)
 
 
 def _rows(workdir):

@@ -199,9 +199,9 @@ def test_evaluation_pads_a_partial_last_batch():
                                         pad_id=cfg.pad_token_id)
   scored = []
 
-  def reward(answer, problem):  # records what is scored; 1 for an answer of even length
+  def reward(answer, problem):  # records what is scored; dense: 1 (even length) or 0.5 / 0
     scored.append((answer, problem))
-    return float(len(answer) % 2 == 0)
+    return 1.0 if len(answer) % 2 == 0 else 0.5 * (len(answer) % 3 == 0)
 
   def run(batch_size):
     scored.clear()
@@ -214,3 +214,7 @@ def test_evaluation_pads_a_partial_last_batch():
   assert [p for _, p in scored_parts] == list(problems)   # each problem once, padding dropped
   assert scored_parts == scored_whole                     # the same answers
   assert parts["n"] == 7 and parts["accuracy"] == whole["accuracy"]
+  # A dense reward: accuracy counts full rewards only, mean_reward is the reward's mean.
+  values = [reward(a, p) for a, p in scored_whole]
+  assert whole["accuracy"] == sum(v == 1.0 for v in values) / 7
+  assert whole["mean_reward"] == pytest.approx(np.mean(values))

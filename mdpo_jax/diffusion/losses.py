@@ -295,6 +295,28 @@ def _default_draws_per_batch(num_draws: int, cap: int = 16) -> int:
   return max(d for d in range(1, min(num_draws, cap) + 1) if num_draws % d == 0)
 
 
+def _check_elbo_args(tokens_BxL, prompt_mask_BxL, attention_mask, mask_id, num_draws,
+                     draws_per_batch, cfg_scale):
+  """`mc_negative_elbo`'s checks: (draws per forward, cfg_scale tiled draw-major when per-row)."""
+  _check_tokens_and_masks(tokens_BxL, prompt_mask_BxL=prompt_mask_BxL,
+                          attention_mask=attention_mask)
+  masking._check_mask_id(mask_id)
+  _check_positive_int("num_draws", num_draws)
+  if draws_per_batch is None:
+    draws_per_batch = _default_draws_per_batch(num_draws)
+  _check_positive_int("draws_per_batch", draws_per_batch)
+  if num_draws % draws_per_batch:
+    raise ValueError(f"draws_per_batch must divide num_draws={num_draws}, got {draws_per_batch}")
+  static_cfg = guidance._check_cfg_scale(cfg_scale)
+  batch = tokens_BxL.shape[0]
+  if not static_cfg and jnp.ndim(cfg_scale) == 1:
+    if jnp.shape(cfg_scale) != (batch,):
+      raise ValueError(f"cfg_scale array must be a scalar or have shape ({batch},), "
+                       f"got {jnp.shape(cfg_scale)}")
+    cfg_scale = jnp.tile(cfg_scale, draws_per_batch)  # per-row scale follows the draw tiling
+  return draws_per_batch, cfg_scale
+
+
 def mc_negative_elbo(
     forward_fn: ForwardFn,
     params,
@@ -335,24 +357,10 @@ def mc_negative_elbo(
   Returns:
     nll_B: float32 estimate per row (0 for a row without answer tokens).
   """
-  _check_tokens_and_masks(tokens_BxL, prompt_mask_BxL=prompt_mask_BxL,
-                          attention_mask=attention_mask)
-  masking._check_mask_id(mask_id)
-  _check_positive_int("num_draws", num_draws)
-  if draws_per_batch is None:
-    draws_per_batch = _default_draws_per_batch(num_draws)
-  _check_positive_int("draws_per_batch", draws_per_batch)
-  if num_draws % draws_per_batch:
-    raise ValueError(f"draws_per_batch must divide num_draws={num_draws}, got {draws_per_batch}")
-  static_cfg = guidance._check_cfg_scale(cfg_scale)
+  n_draw, cfg_scale = _check_elbo_args(tokens_BxL, prompt_mask_BxL, attention_mask, mask_id,
+                                       num_draws, draws_per_batch, cfg_scale)
   batch = tokens_BxL.shape[0]
-  n_draw = draws_per_batch
   num_batches = num_draws // n_draw
-  if not static_cfg and jnp.ndim(cfg_scale) == 1:
-    if jnp.shape(cfg_scale) != (batch,):
-      raise ValueError(f"cfg_scale array must be a scalar or have shape ({batch},), "
-                       f"got {jnp.shape(cfg_scale)}")
-    cfg_scale = jnp.tile(cfg_scale, n_draw)  # per-row scale follows the draw-major tiling
 
   answer_BxL = ~prompt_mask_BxL.astype(bool) & _real_BxL(tokens_BxL, attention_mask)
   n_B = jnp.sum(answer_BxL.astype(jnp.int32), axis=-1)

@@ -741,6 +741,39 @@ def _plan_shards(items: Sequence[_Item], max_shard_bytes: int | None) -> list[li
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 
 
+def _check_save_args(path: PathLike, max_shard_bytes, overwrite: bool,
+                     extra_files: Iterable[PathLike]) -> tuple[Path, list[Path]]:
+  """`save_pretrained`'s argument checks, before anything is gathered: (folder, extra files)."""
+  if sys.byteorder != "little":  # pragma: no cover
+    raise RuntimeError("save_pretrained writes little-endian safetensors; big-endian host")
+  if max_shard_bytes is not None and (not isinstance(max_shard_bytes, int) or max_shard_bytes < 1):
+    raise ValueError(f"max_shard_bytes={max_shard_bytes!r}: must be a positive integer or None")
+  folder = Path(path)
+  if folder.exists() and not folder.is_dir():
+    raise FileExistsError(f"{folder} exists and is not a folder")
+  if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+    raise FileExistsError(f"{folder} is not empty; pass overwrite=True to replace it")
+  extra = [Path(p) for p in extra_files]
+  for p in extra:
+    if not p.is_file():
+      raise FileNotFoundError(f"extra_files: {p} does not exist")
+  return folder, extra
+
+
+def _write_shards(folder: Path, shards: Sequence[Sequence[_Item]], total_bytes: int) -> None:
+  """One `model.safetensors`, or numbered shards plus `model.safetensors.index.json`."""
+  if len(shards) == 1:
+    _write_safetensors(folder / SAFETENSORS_FILE, shards[0])
+    return
+  weight_map = {}
+  for k, shard in enumerate(shards):
+    file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+    _write_safetensors(folder / file, shard)
+    weight_map.update({item.name: file for item in shard})
+  index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
+  (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
 def save_pretrained(path: PathLike, config: llada.LLaDAConfig, params: Mapping[str, Any], *,
                     max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False,
                     extra_files: Iterable[PathLike] = ()) -> Path:
@@ -764,19 +797,7 @@ def save_pretrained(path: PathLike, config: llada.LLaDAConfig, params: Mapping[s
   Returns:
     The checkpoint folder.
   """
-  if sys.byteorder != "little":  # pragma: no cover
-    raise RuntimeError("save_pretrained writes little-endian safetensors; big-endian host")
-  if max_shard_bytes is not None and (not isinstance(max_shard_bytes, int) or max_shard_bytes < 1):
-    raise ValueError(f"max_shard_bytes={max_shard_bytes!r}: must be a positive integer or None")
-  folder = Path(path)
-  if folder.exists() and not folder.is_dir():
-    raise FileExistsError(f"{folder} exists and is not a folder")
-  if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-    raise FileExistsError(f"{folder} is not empty; pass overwrite=True to replace it")
-  extra = [Path(p) for p in extra_files]
-  for p in extra:
-    if not p.is_file():
-      raise FileNotFoundError(f"extra_files: {p} does not exist")
+  folder, extra = _check_save_args(path, max_shard_bytes, overwrite, extra_files)
 
   items = _items(config, params)
   shards = _plan_shards(items, max_shard_bytes)
@@ -794,17 +815,7 @@ def save_pretrained(path: PathLike, config: llada.LLaDAConfig, params: Mapping[s
   folder.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
   try:
-    if len(shards) == 1:
-      _write_safetensors(tmp / SAFETENSORS_FILE, shards[0])
-    else:
-      weight_map = {}
-      for k, shard in enumerate(shards):
-        file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        _write_safetensors(tmp / file, shard)
-        weight_map.update({item.name: file for item in shard})
-      index = {"metadata": {"total_size": sum(item.nbytes for item in items)},
-               "weight_map": weight_map}
-      (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    _write_shards(tmp, shards, sum(item.nbytes for item in items))
     (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n",
                                    encoding="utf-8")
     for p in extra:

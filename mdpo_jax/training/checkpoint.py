@@ -9,7 +9,6 @@ carrying the current shardings, so a run may resume on a different topology.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -124,9 +123,3 @@ def saved_config(directory: str | Path, step: int | None = None) -> tuple[dict, 
         config=ocp.args.JsonRestore()))["config"]
   manager.close()
   return config, step
-
-
-def config_json(config) -> dict:
-  """A ConfigDict as plain JSON data (tuples become lists)."""
-  return json.loads(config.to_json_best_effort() if hasattr(config, "to_json_best_effort")
-                    else json.dumps(config))

@@ -22,11 +22,6 @@ from mdpo_jax.training import checkpoint
 # Printable ASCII and newline: every task prompt/answer format fits, 100 tokens with specials.
 CHAR_ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n"
 
-_MODEL_OVERRIDES = ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size",
-                    "rope_theta", "max_sequence_length", "dtype", "param_dtype", "remat",
-                    "scan_layers", "honor_padding")
-
-
 def make_mesh(config):
   """The run's device mesh (`mesh.data/fsdp/tensor`; sizes are checked against the devices)."""
   return parallel.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp,
@@ -52,18 +47,13 @@ def make_tokenizer(config):
 
 def model_config(config, tokenizer) -> llada.LLaDAConfig:
   """LLaDAConfig from `config.model` (preset + overrides) with the tokenizer's special ids."""
-  m = config.model
+  m = config_lib.ensure(config).model
   if m.hf_checkpoint:
     raise ValueError("model_config: use load_model for model.hf_checkpoint")
-  if m.preset not in llada.PRESETS:
-    raise ValueError(f"model.preset={m.preset!r}: allowed {sorted(llada.PRESETS)}")
   ids = tokenizer_lib.special_ids(tokenizer)
   fields = dict(vocab_size=ids["vocab_size"], bos_token_id=ids["bos"], eos_token_id=ids["eos"],
-                pad_token_id=ids["eos"], eot_token_id=ids["eot"], mask_token_id=ids["mask"])
-  for name in _MODEL_OVERRIDES:
-    value = getattr(m, name, None)
-    if value is not None and value != "":
-      fields[name] = value
+                pad_token_id=ids["eos"], eot_token_id=ids["eot"], mask_token_id=ids["mask"],
+                **m.preset_overrides())
   base = llada.PRESETS[m.preset]()
   try:
     return dataclasses.replace(base, **fields)
@@ -74,7 +64,7 @@ def model_config(config, tokenizer) -> llada.LLaDAConfig:
 def lora_config(config, model_cfg: llada.LLaDAConfig) -> lora.LoraConfig | None:
   """The run's LoRA settings (`model.lora_rank/lora_alpha/lora_targets`), validated against the
   model's shapes; None when `model.lora_rank` is 0 (full fine-tuning)."""
-  lora_cfg = lora.from_config(config.model)
+  lora_cfg = config_lib.ensure(config).model.lora()
   if lora_cfg is not None:
     lora.check_fits(model_cfg, lora_cfg)
   return lora_cfg

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mdpo_jax import parallel
+from mdpo_jax import parallel, tasks
 from mdpo_jax.data import pipeline
 from mdpo_jax.diffusion import losses
 from mdpo_jax.training import run as run_lib
@@ -109,11 +109,8 @@ def _problems(run: run_lib.Run) -> tuple[list, list]:
   `task.sft_extra_fresh` of RL's fresh prompts), none for pretraining."""
   if run.task is None:
     return [], []
-  train = run.task.train()
-  n = run.config.task.sft_extra_fresh
-  if n:
-    train = [*train, *run.task.fresh(n, "task.sft_extra_fresh")]
-  return train, run.task.held_out()
+  return (tasks.base.sft_problems(run.task, run.config.task.sft_extra_fresh),
+          run.task.held_out())
 
 
 def train(config, workdir: str | Path) -> dict:

@@ -1,0 +1,42 @@
+"""Shared by the trainer tests: a tiny run configuration and a dense stand-in reward."""
+
+from __future__ import annotations
+
+from mdpo_jax import tasks
+from mdpo_jax.training import run as run_lib
+
+
+def tiny_run(c):
+  """`c` (a recipe's ConfigDict) shrunk to a 1-layer, 32-wide model on 64 problems (64 fresh RL
+  prompts), evaluated on 8 with one setting, synchronous checkpoints and no TensorBoard: seconds per run on a CPU."""
+  c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.n_kv_heads = 32, 1, 2, 2
+  c.model.mlp_hidden_size = 64
+  c.task.train_size, c.task.eval_size, c.task.val_size = 64, 8, 16
+  c.rl.fresh_size = 64
+  c.data.batch_size = 8
+  c.eval.num_problems, c.eval.batch_size = 8, 8
+  c.eval.gen_length, c.eval.block_length, c.eval.steps = 8, 8, (4,)
+  c.eval.remasking = ("low_confidence",)
+  c.eval.trajectory_stats = False
+  c.logging.tensorboard = False
+  c.train.async_checkpoint = False
+  return c
+
+
+def digit_share(completion, problem):
+  """A dense stand-in reward (a tiny model never solves Countdown, so the task's reward is all 0,
+  and so would be every advantage and gradient): the share of digits in the completion."""
+  del problem
+  return sum(ch.isdigit() for ch in completion) / max(len(completion), 1)
+
+
+def use_reward(monkeypatch, reward):
+  """Runs built from now on score with `reward` instead of their task's verifier."""
+  real_build = tasks.build
+
+  def build(task_cfg, seed):
+    task = real_build(task_cfg, seed)
+    task.reward = reward
+    return task
+  monkeypatch.setattr(run_lib.tasks, "build", build)
+  return build
