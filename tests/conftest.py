@@ -9,6 +9,17 @@ if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402  (must follow the flag above)
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Many tests compile the same tiny programs (a run's update, sampler, evaluation): a compilation
+# cache shared by the session's workers compiles each once. The folder is new per session (one
+# per pytest invocation, set by the controller before workers start), so nothing carries over
+# between runs; results do not depend on it (XLA compilation is deterministic).
+if "MDPO_JAX_TEST_COMPILE_CACHE" not in os.environ:
+  os.environ["MDPO_JAX_TEST_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="mdpo_jax_xla_cache_")
+jax.config.update("jax_compilation_cache_dir", os.environ["MDPO_JAX_TEST_COMPILE_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

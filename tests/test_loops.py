@@ -6,6 +6,8 @@ package's pure pieces (losses, sampler, rollout records) but none of `training/`
 must give the losses the loops log and the parameters they end with.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +48,13 @@ def _init(config):
   return tokenizer, cfg, llada.init_sharded_params(cfg, jax.random.key(config.seed), mesh)
 
 
+def _adam_on_mean(opt, params, opt_state, *grads):
+  """One optimiser step on the mean of equally sized micro-batches' gradients."""
+  mean = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
+  updates, opt_state = opt.update(mean, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
 def test_sft_loop_equals_a_hand_written_loop(tmp_path):
   c = _tiny(base.get_config())
   c.train.num_steps, c.optim.warmup_steps, c.optim.grad_accum_steps = 3, 1, 2
@@ -66,6 +75,7 @@ def test_sft_loop_equals_a_hand_written_loop(tmp_path):
                            eps=c.optim.mask_eps)[0]
 
   grad = jax.jit(jax.value_and_grad(loss))
+  apply_mean = jax.jit(functools.partial(_adam_on_mean, opt))
   want = []
   for step in range(3):
     batch = next(data)
@@ -77,9 +87,7 @@ def test_sft_loop_equals_a_hand_written_loop(tmp_path):
                   jax.random.fold_in(step_key, i))
       values.append(float(v))
       grads.append(g)
-    mean_grad = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
-    updates, opt_state = opt.update(mean_grad, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    params, opt_state = apply_mean(params, opt_state, *grads)
     want.append(np.mean(values))
   np.testing.assert_allclose(_logged(tmp_path), want, rtol=2e-5)
   for a, b in zip(jax.tree.leaves(result["params"]), jax.tree.leaves(params)):
@@ -112,6 +120,7 @@ def test_rl_loop_equals_a_hand_written_mdpo_loop(tmp_path, monkeypatch):
   loss_fn = jax.jit(jax.value_and_grad(
       lambda p, rows: mdpo.mdpo_loss(fwd, p, rows, temperature=0.5, gen_length=8,
                                      clip_eps=c.rl.clip_eps, beta=0.05)[0]))
+  apply_mean = jax.jit(functools.partial(_adam_on_mean, opt))
   want = []
   for update in range(2):
     pick = np.random.default_rng([c.seed, update]).choice(len(problems), 2, replace=False)
@@ -126,9 +135,7 @@ def test_rl_loop_equals_a_hand_written_mdpo_loop(tmp_path, monkeypatch):
     inner = []
     for _ in range(2):   # inner iterations over the same 16 rows, micro-batches of 8
       parts = [loss_fn(params, {k: v[i:i + 8] for k, v in rows.items()}) for i in (0, 8)]
-      grads = jax.tree.map(lambda a, b: (a + b) / 2, parts[0][1], parts[1][1])
-      updates, opt_state = opt.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
+      params, opt_state = apply_mean(params, opt_state, parts[0][1], parts[1][1])
       inner.append(np.mean([float(v) for v, _ in parts]))
     want.append(np.mean(inner))
   np.testing.assert_allclose(_logged(tmp_path), want, rtol=1e-4, atol=1e-7)

@@ -107,8 +107,9 @@ def test_lora_forward_equals_plain_forward_on_merged_weights(targets):
   tokens = _tokens(cfg)
   with_lora = jax.jit(lora.forward, static_argnums=(0, 1))(cfg, lcfg, params, adapters, tokens)
   merged = _merged_by_hand(cfg, lcfg, params, adapters)
-  reference = llada.forward(cfg, merged, tokens)
-  base = llada.forward(cfg, params, tokens)
+  plain = jax.jit(llada.forward, static_argnums=0)
+  reference = plain(cfg, merged, tokens)
+  base = plain(cfg, params, tokens)
   assert float(jnp.max(jnp.abs(reference - base))) > 1e-2     # the adapters matter
   np.testing.assert_allclose(np.asarray(with_lora), np.asarray(reference), rtol=1e-5, atol=1e-5)
   # lora.merge (einsum over the rank) agrees with the hand merge.
@@ -183,7 +184,8 @@ def test_adapters_shard_and_run_on_a_mesh(setup_all):
   sharded_params = jax.device_put(params, llada.param_shardings(cfg, mesh))
   tokens = _tokens(cfg, (4, 9))
   out = jax.jit(lora.forward, static_argnums=(0, 1))(cfg, lcfg, sharded_params, sharded, tokens)
-  ref = lora.forward(cfg, lcfg, params, _randomize(adapters), tokens)
+  ref = jax.jit(lora.forward, static_argnums=(0, 1))(cfg, lcfg, params, _randomize(adapters),
+                                                      tokens)   # unsharded
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 

@@ -55,11 +55,11 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path, monkeypatch):
   real = sft_loop._batch_to_device
   calls = {"n": 0}
 
-  def preempted(batch, mesh):
+  def preempted(*args):
     calls["n"] += 1
     if calls["n"] == 6:
       raise KeyboardInterrupt("preempted")
-    return real(batch, mesh)
+    return real(*args)
 
   monkeypatch.setattr(sft_loop, "_batch_to_device", preempted)
   with pytest.raises(KeyboardInterrupt):
@@ -74,6 +74,21 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path, monkeypatch):
     np.testing.assert_allclose(resumed[step], want[step], rtol=1e-5)
   for step in (1, 2, 3, 4):
     np.testing.assert_allclose(got[step - 1]["loss"], want[step], rtol=1e-5)
+
+
+def test_mesh_rules_reach_the_run(tmp_path):
+  """`mesh.rules` decides where the run's parameters (and their optimiser moments) live."""
+  from mdpo_jax.training import run as run_lib
+  specs = {}
+  for rules in ("", "embed="):
+    c = _tiny_config()
+    c.mesh.data, c.mesh.fsdp, c.mesh.rules = 1, 8, rules
+    run, state = run_lib.setup_run(c, tmp_path / (rules or "default"))
+    run.close()
+    specs[rules] = tuple(state.params["wte"].sharding.spec)   # wte: (vocab, embed)
+    assert tuple(state.opt_state[1][0].mu["wte"].sharding.spec) == specs[rules]
+  assert specs[""][1] == "fsdp"        # the default table puts embed on fsdp
+  assert len(specs["embed="]) < 2 or specs["embed="][1] is None   # "embed=": replicated
 
 
 def test_schedule_shapes():

@@ -36,9 +36,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
-
   def save(self, step: int, state, data_iterator=None, config: dict | None = None, *,
            force: bool = False) -> bool:
     items = {"state": ocp.args.StandardSave(state)}
@@ -62,14 +59,6 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return step, restored["state"]
-
-  def restore_config(self, step: int | None = None) -> dict:
-    step = self.latest_step() if step is None else step
-    return self._manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))["config"]
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -148,7 +148,7 @@ class _Learner:
     if self.rl.beta > 0:
       rows["ref_logp"] = self.ref_logprobs(self.ref_params, tokens_in, targets,
                                            rows["attention_mask"])
-    return parallel.shard_batch(rows, self.run.mesh)
+    return parallel.shard_batch(rows, self.run.mesh, self.run.rules)
 
 
 def rl_prompts(run: run_lib.Run):

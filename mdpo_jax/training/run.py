@@ -9,7 +9,6 @@ either can be read back by the other and by `python -m mdpo_jax.evaluate`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import jax
 import optax
 
 from mdpo_jax import config as config_lib
-from mdpo_jax import parallel, tasks
+from mdpo_jax import tasks
 from mdpo_jax.models import llada
 from mdpo_jax.training import checkpoint, evaluation, metrics, optim, setup
 from mdpo_jax.training import state as state_lib
@@ -33,6 +32,7 @@ class Run:
   config: config_lib.RunConfig
   workdir: Path
   mesh: jax.sharding.Mesh
+  rules: tuple                  # logical-axis rules (`mesh.rules` over the default table)
   tokenizer: Any
   model_cfg: llada.LLaDAConfig
   policy: Policy
@@ -102,10 +102,8 @@ def setup_run(config, workdir: str | Path) -> tuple[Run, state_lib.TrainState]:
   policy, params = _policy_and_params(config, model_cfg, params, mesh)
   num_steps = config.optimizer_steps
   optimizer = optim.make_optimizer(config.optim, num_steps)
-  state = jax.jit(functools.partial(state_lib.create, optimizer=optimizer, seed=config.seed))(
-      params)
-  shardings = parallel.tree_shardings(state, mesh)
-  state = jax.device_put(state, shardings)
+  state = state_lib.create_sharded(params, optimizer, config.seed, mesh)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
   workdir = Path(workdir)
   train_cfg = config.train
   task = None if config.trainer == "pretrain" else tasks.build(config.task, config.seed)
@@ -116,7 +114,8 @@ def setup_run(config, workdir: str | Path) -> tuple[Run, state_lib.TrainState]:
                                 wandb_project=config.logging.wandb_project,
                                 run_config=config.to_json())
   deadline = time.time() + 60 * train_cfg.max_minutes if train_cfg.max_minutes else None
-  run = Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, model_cfg=model_cfg,
+  run = Run(config=config, workdir=workdir, mesh=mesh, rules=setup.rules(config),
+            tokenizer=tokenizer, model_cfg=model_cfg,
             policy=policy, optimizer=optimizer,
             schedule=optim.learning_rate_schedule(config.optim, num_steps),
             state_shardings=shardings, task=task, checkpointer=ckpt, writer=writer,

@@ -62,8 +62,8 @@ def make_train_step(trainer: str, policy: Policy, optimizer, schedule, *, accum:
   return step
 
 
-def _batch_to_device(batch, mesh):
-  sharding = lambda x: parallel.batch_sharding(mesh, np.ndim(x))  # noqa: E731
+def _batch_to_device(batch, mesh, rules=parallel.DEFAULT_RULES):
+  sharding = lambda x: parallel.batch_sharding(mesh, np.ndim(x), rules)  # noqa: E731
   return {k: jax.make_array_from_process_local_data(sharding(v), np.asarray(v))
           for k, v in batch.items()}
 
@@ -141,7 +141,8 @@ def _loop(run: run_lib.Run, state, step_fn, data_iter, held_out):
   bar = tqdm(total=num_steps, initial=step, desc=run.config.trainer, unit="step",
              disable=jax.process_index() != 0)
   while step < num_steps:
-    state, out = step_fn(state, _batch_to_device(next(data_iter), run.mesh), run.policy.base)
+    batch = _batch_to_device(next(data_iter), run.mesh, run.rules)
+    state, out = step_fn(state, batch, run.policy.base)
     step += 1
     history.append(out)
     bar.update(1)

@@ -30,7 +30,29 @@ class TrainState:
 
 
 def create(params, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
-  """A fresh state at step 0 (the optimiser state follows the params' shardings under jit)."""
+  """A fresh state at step 0 (unsharded; `create_sharded` places it on a mesh)."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
                     rng=jax.random.key_data(jax.random.key(seed)))
+
+
+def create_sharded(params, optimizer: optax.GradientTransformation, seed: int,
+                   mesh: jax.sharding.Mesh) -> TrainState:
+  """A fresh state whose optimiser moments are sharded exactly as the params they track.
+
+  Left to propagation, `optimizer.init` under jit returns *replicated* moments (the zeros carry
+  no sharding), so an FSDP run would hold every float32 Adam moment whole on every device;
+  `optax.tree_map_params` gives each params-shaped part of the optimiser state the params'
+  shardings, and counters and the like are replicated.
+  """
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  param_shardings = jax.tree.map(
+      lambda x: x.sharding if isinstance(getattr(x, "sharding", None),
+                                         jax.sharding.NamedSharding) else replicated, params)
+  abstract = jax.eval_shape(lambda p: create(p, optimizer, seed), params)
+  opt_shardings = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract.opt_state,
+                                        param_shardings,
+                                        transform_non_params=lambda _: replicated)
+  shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                         rng=replicated)
+  return jax.jit(lambda p: create(p, optimizer, seed), out_shardings=shardings)(params)
