@@ -134,7 +134,8 @@ class _Learner:
     out = jax.tree.map(lambda *xs: float(np.mean(xs)), *outs)
     groups = made.final_rewards.reshape(-1, rl.group_size)
     out.update({"reward/final_mean": float(made.final_rewards.mean()),
-                "reward/mixed_groups": float(((groups > 0).any(1) & (groups <= 0).any(1)).mean()),
+                # groups whose rewards differ (binary: some right, some wrong): a learning signal
+                "reward/mixed_groups": float((groups.max(1) > groups.min(1)).mean()),
                 **{f"reward/{k}": made.stats[k] for k in ("timeouts", "errors", "crashes")},
                 "block_length": block, "seconds": time.time() - started, **made.metrics})
     return state, out
