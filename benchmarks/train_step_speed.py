@@ -68,7 +68,9 @@ def main():
   total = roll_s + score_s + update_s
   n = rl.prompts_per_update * rl.group_size
   print(f"device: {jax.devices()[0].device_kind} ×{jax.device_count()}; model "
-        f"{run.model_cfg.num_params() / 1e6:.2f}M params; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+        f"{run.model_cfg.num_params() / 1e6:.2f}M params; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  batch_size, seq = args.sft_batch or sft_cfg.data.batch_size, sft_cfg.data.seq_len
   print(f"SFT step (batch {batch_size} × {seq} tokens): {sft_s * 1e3:.0f} ms → "
         f"{1 / sft_s:.2f} steps/s")
   print(f"MDPO update ({rl.prompts_per_update} prompts × G={rl.group_size} = {n} rollouts of "
