@@ -2,6 +2,7 @@
 MDPO / diffu-GRPO updates end to end (CLI included) with checkpoint/resume, full or LoRA."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -294,3 +295,26 @@ def test_rollouts_draw_only_the_configured_prompts(tmp_path, sft_checkpoint, mon
     assert all(p in allowed for p in drawn), source
     if source == "fresh":
       assert not any(p in train or p in held for p in drawn)
+
+
+def test_sigterm_saves_the_update_and_resumes(tmp_path, sft_checkpoint, monkeypatch):
+  """SIGTERM during update 2: that update finishes and is saved, the run returns "preempted"
+  (no end-of-run evaluation), and the same command then does only update 3."""
+  calls = {"n": 0}
+  real_sample = rollout.sample
+
+  def sample(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_sample(*args, **kwargs)
+  monkeypatch.setattr(rollout, "sample", sample)
+  c = _tiny(countdown_tiny_mdpo.get_config())
+  c.model.init_checkpoint = sft_checkpoint
+  c.rl.num_updates, c.train.checkpoint_every = 3, 10
+  first = rl_loop.train(c, tmp_path)
+  assert first["stopped"] == "preempted" and first["update"] == 2 and first["eval"] == []
+  assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "2"
+  again = rl_loop.train(c, tmp_path)
+  assert again["stopped"] is None and again["update"] == 3 and calls["n"] == 3
+  assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3]

@@ -1,6 +1,7 @@
 """Training loop: the loss falls, a stopped run resumes exactly, the CLI rejects bad configs."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ import pytest
 
 from configs import base
 from mdpo_jax import tasks
-from mdpo_jax.training import checkpoint, metrics, optim, sft_loop
+from mdpo_jax.models import llada
+from mdpo_jax.training import checkpoint, metrics, optim, setup, sft_loop
 
 
 def _tiny_config(num_steps=8):
@@ -74,6 +76,46 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path, monkeypatch):
     np.testing.assert_allclose(resumed[step], want[step], rtol=1e-5)
   for step in (1, 2, 3, 4):
     np.testing.assert_allclose(got[step - 1]["loss"], want[step], rtol=1e-5)
+
+  # SIGTERM (preemption) during step 3: the loop finishes the step, saves it and returns; the
+  # re-run continues from step 3 with the uninterrupted run's losses.
+  sigterm_at = {"n": 0}
+
+  def terminated(*args):
+    sigterm_at["n"] += 1
+    if sigterm_at["n"] == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args)
+
+  monkeypatch.setattr(sft_loop, "_batch_to_device", terminated)
+  stopped = sft_loop.train(c, tmp_path / "sigterm")
+  assert stopped["stopped"] == "preempted" and stopped["step"] == 3 and stopped["eval"] == []
+  assert signal.getsignal(signal.SIGTERM) is not None   # the previous handler is back
+  monkeypatch.setattr(sft_loop, "_batch_to_device", real)
+  assert sft_loop.train(c, tmp_path / "sigterm")["stopped"] is None
+  rows = [r for r in metrics.read_jsonl(tmp_path / "sigterm" / "metrics.jsonl") if "loss" in r]
+  assert [r["step"] for r in rows] == list(range(1, 9))   # nothing redone, nothing lost
+  np.testing.assert_allclose([r["loss"] for r in rows], [want[s] for s in range(1, 9)], rtol=1e-5)
+
+
+def test_diverging_training_fails_and_saves_nothing_diverged(tmp_path):
+  """lr 1e6 drives the loss to NaN/Inf: the run raises (one line, naming what to change) and every
+  checkpoint it left holds finite parameters."""
+  c = _tiny_config(num_steps=12)
+  c.optim.lr, c.optim.warmup_steps, c.optim.clip_norm = 1e6, 0, 0.0
+  c.train.log_every, c.train.checkpoint_every = 3, 1
+  with pytest.raises(FloatingPointError, match=r"^training diverged at step \d+: .*optim.lr"):
+    sft_loop.train(c, tmp_path)
+  ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
+  latest = ckpt.latest_step()
+  ckpt.close()
+  assert latest is not None and latest < 12
+  tokenizer = setup.make_tokenizer(c)
+  cfg = setup.model_config(c, tokenizer)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                          llada.abstract_params(cfg))
+  params, _, _ = checkpoint.restore_params(tmp_path / "checkpoints", abstract)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
 def test_mesh_rules_reach_the_run(tmp_path):

@@ -173,9 +173,10 @@ def train(config, workdir: str | Path) -> dict:
     algorithm = algorithms.get(run.config.trainer)
     learner = _Learner(run, algorithm, rl_prompts(run), state.params)
     state = run.restore(state)
-    state, update, history = _loop(run, learner, state)
-    return run_lib.result(run, state, update, held_out=run.task.held_out(), update=update,
-                          history=history, loss=None)
+    state, update, history, stop = _loop(run, learner, state)
+    held_out = () if stop == "preempted" else run.task.held_out()
+    return run_lib.result(run, state, update, held_out=held_out, update=update,
+                          history=history, loss=None, stopped=stop)
   finally:
     if learner is not None:
       learner.pool.close()
@@ -183,29 +184,30 @@ def train(config, workdir: str | Path) -> dict:
 
 
 def _loop(run: run_lib.Run, learner: _Learner, state):
-  """Updates until rl.num_updates or the deadline; logs and checkpoints."""
+  """Updates until rl.num_updates, the deadline or SIGTERM; logs and checkpoints. Returns
+  (state, updates done, logged rows, why it stopped early or None)."""
   rl, train_cfg = run.config.rl, run.config.train
-  start = int(state.step) // rl.inner_iters
+  update = int(state.step) // rl.inner_iters
   key = jax.random.key(run.config.seed + 17)
-  history = []
-  update = start
-  bar = tqdm(range(start, rl.num_updates), desc=run.config.trainer, unit="update",
+  history, stop = [], None
+  bar = tqdm(total=rl.num_updates, initial=update, desc=run.config.trainer, unit="update",
              disable=jax.process_index() != 0)
-  for update in bar:
+  while update < rl.num_updates and stop is None:
     state, out = learner.one_update(state, update, key)
-    logged = run.writer.write(update + 1, out)
+    update += 1
+    run_lib.check_finite(out, update, "update")   # before the state can be saved
+    logged = run.writer.write(update, out)
     history.append(logged)
+    bar.update(1)
     bar.set_postfix(reward=f"{logged['reward/final_mean']:.3f}")
-    done, timed_out = update + 1 == rl.num_updates, run.timed_out()
-    if (update + 1) % train_cfg.checkpoint_every == 0 or done or timed_out:
+    stop = run.stop_reason()
+    if update % train_cfg.checkpoint_every == 0 or update == rl.num_updates or stop:
       run.save(int(state.step), state)
-    if timed_out:
-      logging.warning("train.max_minutes reached after update %d", update + 1)
-      break
-  else:
-    update = rl.num_updates - 1
+  if stop:
+    logging.warning("stopped after update %d (%s); the checkpoint is saved, re-run to resume",
+                    update, stop)
   bar.close()
-  return state, update + 1, history
+  return state, update, history, stop
 
 
 def over_denoising_candidates(learner: _Learner, params, *, seed: int) -> np.ndarray:

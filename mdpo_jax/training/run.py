@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,41 @@ from mdpo_jax.models import llada
 from mdpo_jax.training import checkpoint, evaluation, metrics, optim, setup
 from mdpo_jax.training import state as state_lib
 from mdpo_jax.training.policy import Policy
+
+
+class Preemption:
+  """SIGTERM (a TPU/GCE preemption, SLURM's notice, `kill`) becomes a flag that the loops read
+  at step boundaries: they save a checkpoint and return instead of dying with the work since the
+  last one. Installed only from the main thread (Python delivers signals there); `restore()`
+  puts the previous handler back."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+    self.received = True
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def check_finite(metrics: dict, step: int, what: str = "step") -> None:
+  """A NaN/Inf loss or gradient norm ends the run with an error, before anything is saved from
+  it (the last checkpoint stays the last finite state)."""
+  bad = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics
+         and not math.isfinite(float(metrics[k]))}
+  if bad:
+    raise FloatingPointError(
+        f"training diverged at {what} {step}: {', '.join(f'{k}={v}' for k, v in bad.items())};"
+        " nothing from it was saved (the latest checkpoint is the last finite state); lower "
+        "optim.lr or keep optim.clip_norm > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +81,19 @@ class Run:
   checkpointer: checkpoint.Checkpointer
   writer: metrics.MetricWriter
   deadline: float | None        # wall-clock time after which the loop saves and stops
+  preemption: Preemption
+
+  def stop_reason(self) -> str | None:
+    """Why the loop should save and stop now: "preempted" (SIGTERM), "max_minutes" or None."""
+    if self.preemption.received:
+      return "preempted"
+    if self.deadline is not None and time.time() > self.deadline:
+      return "max_minutes"
+    return None
 
   @property
   def stop_ids(self) -> tuple[int, int]:
     return (self.model_cfg.eos_token_id, self.model_cfg.eot_token_id)
-
-  def timed_out(self) -> bool:
-    return self.deadline is not None and time.time() > self.deadline
 
   def restore(self, state, data_iterator=None):
     """`state` resumed from the latest checkpoint in the workdir, if there is one (and the data
@@ -77,6 +121,7 @@ class Run:
       self.checkpointer.close()
     finally:
       self.writer.close()
+      self.preemption.restore()
 
 
 def _policy_and_params(config, model_cfg, params, mesh) -> tuple[Policy, Any]:
@@ -119,7 +164,7 @@ def setup_run(config, workdir: str | Path) -> tuple[Run, state_lib.TrainState]:
             policy=policy, optimizer=optimizer,
             schedule=optim.learning_rate_schedule(config.optim, num_steps),
             state_shardings=shardings, task=task, checkpointer=ckpt, writer=writer,
-            deadline=deadline)
+            deadline=deadline, preemption=Preemption())
   return run, state
 
 

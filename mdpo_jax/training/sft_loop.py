@@ -126,37 +126,43 @@ def train(config, workdir: str | Path) -> dict:
                                       accum=cfg.optim.grad_accum_steps,
                                       mask_eps=cfg.optim.mask_eps),
                       donate_argnums=0, out_shardings=(run.state_shardings, None))
-    state, step, last = _loop(run, state, step_fn, data_iter, held_out)
-    return run_lib.result(run, state, step, held_out=held_out, loss=last.get("loss"))
+    state, step, last, stop = _loop(run, state, step_fn, data_iter, held_out)
+    return run_lib.result(run, state, step, held_out=() if stop == "preempted" else held_out,
+                          loss=last.get("loss"), stopped=stop)
   finally:
     run.close()
 
 
 def _loop(run: run_lib.Run, state, step_fn, data_iter, held_out):
-  """Steps until train.num_steps or the deadline; logs, checkpoints, periodic evaluation."""
+  """Steps until train.num_steps, the deadline or SIGTERM; logs, checkpoints, periodic
+  evaluation. Returns (state, step, last logged metrics, why it stopped early or None)."""
   cfg = run.config.train
   num_steps = cfg.num_steps
   step = int(state.step)
-  history, last = [], {}
+  history, last, stop = [], {}, None
   bar = tqdm(total=num_steps, initial=step, desc=run.config.trainer, unit="step",
              disable=jax.process_index() != 0)
-  while step < num_steps:
+  while step < num_steps and stop is None:
     batch = _batch_to_device(next(data_iter), run.mesh, run.rules)
     state, out = step_fn(state, batch, run.policy.base)
     step += 1
     history.append(out)
     bar.update(1)
-    timed_out = run.timed_out()
-    if step % cfg.log_every == 0 or step == num_steps or timed_out:
-      last = run.writer.write(step, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *history))
+    stop = run.stop_reason()
+    if step % cfg.log_every == 0 or step == num_steps or stop:
+      mean = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *history)
+      run_lib.check_finite(mean, step)   # a NaN in any step of the window makes the mean NaN
+      last = run.writer.write(step, mean)
       history = []
       bar.set_postfix(loss=f"{last['loss']:.4f}")
-    if step % cfg.checkpoint_every == 0 or step == num_steps or timed_out:
+    if step % cfg.checkpoint_every == 0 or step == num_steps or stop:
+      if history:   # steps since the last log: checked before their state is saved
+        run_lib.check_finite(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *history), step)
       run.save(step, state, data_iter)
     if cfg.eval_every and step % cfg.eval_every == 0 and step != num_steps and held_out:
       run.log_eval(step, run.evaluate(run.policy.merged(state.params), held_out))
-    if timed_out:
-      logging.warning("train.max_minutes=%s reached at step %d", cfg.max_minutes, step)
-      break
+  if stop:
+    logging.warning("stopped at step %d (%s); the checkpoint is saved, re-run to resume",
+                    step, stop)
   bar.close()
-  return state, step, last
+  return state, step, last, stop
