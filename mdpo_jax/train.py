@@ -3,7 +3,7 @@ r"""Training CLI: `python -m mdpo_jax.train --config configs/X.py --workdir DIR 
 The config file returns an `ml_collections.ConfigDict` (see configs/base.py for every key); it
 is locked, so an unknown `--config.key` fails. Re-running the same command with the same
 workdir resumes from the latest checkpoint. `config.trainer` selects the trainer. SIGTERM
-(preemption) saves a checkpoint and exits with status 143; a NaN/Inf loss or gradient norm ends
+(preemption) or SIGINT saves a checkpoint and exits with status 0 and one line; a NaN/Inf loss or gradient norm ends
 the run with one error line and status 1, without saving the diverged state.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 
 import jax
 from absl import app, flags
@@ -42,10 +41,10 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   except FloatingPointError as e:   # diverged: one line, a failing exit status
     raise SystemExit(f"error: {e}") from None
-  if result.get("stopped") == "preempted":
-    print(f"preempted (SIGTERM) at step {result['step']}: checkpoint saved; run the same command "
-          "to resume")
-    raise SystemExit(128 + signal.SIGTERM)   # what a process killed by SIGTERM reports
+  if result.get("stopped") == "preempted":   # a clean stop: status 0, one line
+    print(f"stopped by a signal at step {result['step']}: checkpoint saved; run the same "
+          "command to resume")
+    return
   if jax.process_index() == 0:
     print(f"finished at step {result['step']}; last loss {result['loss']}")
     if result["eval"]:

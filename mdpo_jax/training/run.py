@@ -29,26 +29,29 @@ from mdpo_jax.training.policy import Policy
 
 
 class Preemption:
-  """SIGTERM (a TPU/GCE preemption, SLURM's notice, `kill`) becomes a flag that the loops read
-  at step boundaries: they save a checkpoint and return instead of dying with the work since the
-  last one. Installed only from the main thread (Python delivers signals there); `restore()`
-  puts the previous handler back."""
+  """SIGTERM (a TPU/GCE preemption, SLURM's notice, `kill`) or SIGINT (Ctrl-C) becomes a flag that
+  the loops read at step boundaries: they save a checkpoint and return instead of dying with the
+  work since the last one. Installed only from the main thread (Python delivers signals there);
+  `restore()` puts the previous handlers back."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.received = False
-    self._previous = None
+    self.received = None
+    self._previous = {}
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
-    self.received = True
+    del frame
+    self.received = signal.Signals(signum).name
+    logging.warning("%s: saving a checkpoint at the end of this step, then stopping",
+                    self.received)
 
   def restore(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
+    self._previous = {}
 
 
 def check_finite(metrics: dict, step: int, what: str = "step") -> None:
