@@ -94,6 +94,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.clip_norm = 1.0      # 0 = no clipping
   c.optim.grad_accum_steps = 1  # micro-batches per optimiser step (batch_size must divide)
   c.optim.mask_eps = 1e-3      # masking probability floor p = (1-eps)·t + eps
+  c.optim.max_skipped_steps = 3  # a NaN/Inf loss or gradient skips the step; this many in a row
+                                 # stop the run (exit status 1; the checkpoints stay finite)
 
   # ---- loop --------------------------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
@@ -103,6 +105,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 2
   c.train.async_checkpoint = True
+  c.train.save_timeout_s = 600.0  # a checkpoint write that takes longer is a storage fault: exit 1
+  c.train.resume_allow = ""    # keys (or sections) that may differ from the checkpoint's config on
+                               # resume, e.g. "optim.lr,data.batch_size" (others are an error)
   c.train.eval_every = 0       # 0 = evaluate only at the end
 
   # ---- evaluation ----------------------------------------------------------------------------------

@@ -176,6 +176,7 @@ class OptimConfig(_Section):
   clip_norm: float
   grad_accum_steps: int
   mask_eps: float
+  max_skipped_steps: int
 
 
 @_frozen
@@ -187,6 +188,12 @@ class TrainConfig(_Section):
   keep_checkpoints: int
   async_checkpoint: bool
   eval_every: int
+  save_timeout_s: float
+  resume_allow: str         # comma-separated keys or sections; `resume_allowed` lists them
+
+  @property
+  def resume_allowed(self) -> tuple[str, ...]:
+    return tuple(k.strip() for k in self.resume_allow.split(",") if k.strip())
 
 
 @_frozen
@@ -426,12 +433,14 @@ _RULES: dict[str, dict[str, Rule]] = {
         "b1": _within(0, 1, open_high=True), "b2": _within(0, 1, open_high=True),
         "eps": _above(0), "weight_decay": _NON_NEGATIVE,
         "clip_norm": _at_least(0, "must be ≥ 0 (0 = off)"), "grad_accum_steps": _POSITIVE,
+        "max_skipped_steps": _POSITIVE,
         "mask_eps": lambda v: None if 0 < v < 1 else "must be in (0, 1)",
     },
     "train": {
         **{k: _POSITIVE for k in ("num_steps", "log_every", "checkpoint_every",
                                   "keep_checkpoints")},
         "max_minutes": _at_least(0, "must be ≥ 0 (0 = no limit)"),
+        "save_timeout_s": _above(0),
         "eval_every": _at_least(0, "must be ≥ 0 (0 = only at the end)"),
     },
     "eval": {
@@ -533,6 +542,14 @@ def _check_optim(c: RunConfig) -> None:
                      f"(the run's optimiser steps, {source})")
 
 
+def _check_resume_allow(c: RunConfig) -> None:
+  known = set(SECTIONS) | set(_TOP_KEYS) | set(_flat(c.to_json()))
+  bad = [k for k in c.train.resume_allowed if k not in known]
+  if bad:
+    raise ValueError(f"train.resume_allow={c.train.resume_allow!r}: {bad[0]!r} is not "
+                     "a config key or section (e.g. optim.lr, data)")
+
+
 def _check_eval(c: RunConfig) -> None:
   """Every (steps × remasking) setting is a valid sampler: fails in seconds, not after training."""
   ev = c.eval
@@ -577,7 +594,8 @@ def _check_rl(c: RunConfig) -> None:
                      "of an update (prompts_per_update × group_size [× top_k for mdpo])")
 
 
-_CROSS_CHECKS = (_check_model, _check_mesh, _check_task, _check_data, _check_optim, _check_eval,
+_CROSS_CHECKS = (_check_model, _check_mesh, _check_task, _check_data, _check_optim,
+                 _check_resume_allow, _check_eval,
                  _check_rl)
 
 # ----------------------------------------------------------------------------------------------
@@ -630,6 +648,30 @@ def _check_keys(tree: dict) -> None:
   if missing:
     raise ValueError(f"missing config keys: {', '.join(missing)} (configs/base.py lists every "
                      "key with its default)")
+
+# Keys a resumed run may change: where and how long it runs, what it logs and evaluates, how
+# rewards are computed in parallel. The rest change what a step computes (shapes, data, the
+# objective) and must match the checkpoint's config unless `train.resume_allow` names them.
+RESUME_FREE = ("mesh", "train", "eval", "logging", "model.remat", "rl.num_updates",
+               "rl.reward_workers", "rl.reward_timeout_s")
+
+
+def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    out.update(_flat(value, name + ".") if isinstance(value, Mapping) else {name: value})
+  return out
+
+
+def resume_differences(saved_config: RunConfig, config: RunConfig) -> list[str]:
+  """`key: saved → now` for every key that differs between the checkpoint's config and this
+  run's, except those in RESUME_FREE and `config.train.resume_allow` (names or sections)."""
+  free = RESUME_FREE + config.train.resume_allowed
+  old, new = _flat(saved_config.to_json()), _flat(config.to_json())
+  return [f"{k}: {old[k]!r} → {new[k]!r}" for k in sorted(new)
+          if old.get(k) != new[k] and not any(k == f or k.startswith(f + ".") for f in free)]
+
 
 # ----------------------------------------------------------------------------------------------
 # The public entry points.

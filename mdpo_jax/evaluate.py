@@ -9,17 +9,22 @@ Prints one row per (steps, remasking) setting: accuracy with its 95% interval an
 was right while the final answer was wrong (over-denoising). `--checkpoint` is a run's
 checkpoint folder (a LoRA run's adapters are merged into its base, rebuilt from the config saved
 with the checkpoint); `--hf_checkpoint` evaluates a Hugging Face folder instead.
+
+Exit status 2 with one `error: ...` line for a user error (a config file or value, a missing
+folder, an --output that cannot be written: all checked before anything is evaluated); a
+traceback only for a bug.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mdpo_jax import parallel
+from mdpo_jax import cli, parallel
 from mdpo_jax.training import evaluation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.",
@@ -29,19 +34,33 @@ _HF = flags.DEFINE_string("hf_checkpoint", None, "Or a Hugging Face LLaDA folder
 _OUT = flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
 
 
+def _check_paths(checkpoint: str | None, hf_checkpoint: str | None, output: str | None) -> None:
+  """Flag errors found without loading anything, each one UsageError line naming the flag."""
+  if bool(checkpoint) == bool(hf_checkpoint):
+    raise app.UsageError("give exactly one of --checkpoint and --hf_checkpoint")
+  for flag, value, allowed in (("checkpoint", checkpoint, "a run's WORKDIR/checkpoints folder"),
+                               ("hf_checkpoint", hf_checkpoint, "a Hugging Face LLaDA folder")):
+    if value and not os.path.isdir(value):
+      raise app.UsageError(f"--{flag}={value}: no such folder; allowed: {allowed}")
+  if output:
+    folder = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+      raise app.UsageError(f"--output={output}: cannot write it; allowed: a file path in an "
+                           "existing, writable folder")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if bool(_CHECKPOINT.value) == bool(_HF.value):
-    raise app.UsageError("give exactly one of --checkpoint and --hf_checkpoint")
+  config = cli.config_value(_CONFIG)   # a config file that does not load: one line
+  _check_paths(_CHECKPOINT.value, _HF.value, _OUT.value)
   parallel.initialize_distributed()
   try:
-    rows, n = evaluation.evaluate_checkpoint(_CONFIG.value, checkpoint=_CHECKPOINT.value,
+    rows, n = evaluation.evaluate_checkpoint(config, checkpoint=_CHECKPOINT.value,
                                              hf_checkpoint=_HF.value)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError) as e:   # config, file and prompt errors: one line
     raise app.UsageError(str(e)) from e
   if jax.process_index() == 0:
-    config = _CONFIG.value
     print(f"{n} held-out problems, seed {config.seed}, gen_length {config.eval.gen_length}, "
           f"block_length {config.eval.block_length}")
     print(evaluation.markdown_table(rows))
@@ -51,5 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  cli.run(main, required=["config"])

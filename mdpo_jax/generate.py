@@ -7,21 +7,26 @@ The folder must hold config.json, the safetensors weights and tokenizer.json. Th
 wrapped in the LLaDA-Instruct chat template (pass --nochat for raw text). With --show_steps the
 whole trajectory is printed: per step the state before the step (masks as `_`) and, at the
 positions committed in that step, the chosen tokens.
+
+Exit status 2 with one `error: ...` line for a user error (a flag value, a folder that is not a
+LLaDA checkpoint, a prompt holding the mask token's text), checked before the model is loaded
+where possible; a traceback only for a bug.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from mdpo_jax import parallel
+from mdpo_jax import cli, parallel
 from mdpo_jax.data import pipeline
 from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import hf, llada
-from mdpo_jax.sampling import sampler
+from mdpo_jax.sampling import guards, sampler
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Hugging Face LLaDA folder.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt text; repeat for a batch.")
@@ -65,30 +70,71 @@ def render_state(tokenizer, ids, mask_id: int) -> str:
   return "".join("_" if int(i) == mask_id else tokenizer.decode([int(i)]) for i in ids)
 
 
-def main(argv):
-  del argv
+def _sampler_settings() -> dict:
+  return dict(gen_length=_GEN.value, block_length=_BLOCK.value, steps=_STEPS.value,
+              temperature=_TEMP.value, remasking=_REMASK.value, confidence_from=_CONF.value,
+              cfg_scale=_CFG.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
+              schedule=_SCHEDULE.value, eos_logit_neg_inf=_EOS_LOGIT.value,
+              eos_confidence_neg_inf=_EOS_CONF.value)
+
+
+def _check_flags(argv) -> None:
+  """Every flag error, before anything is loaded: one `app.UsageError` line naming the flag."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _CHECKPOINT.value:
     raise app.UsageError("--checkpoint is required (a Hugging Face LLaDA folder)")
   if not _PROMPT.value:
     raise app.UsageError("--prompt is required")
-  parallel.initialize_distributed()
-  overrides = {"honor_padding": False} if _ORIGINAL_PADDING.value else {}
-  config, params = hf.load_pretrained(_CHECKPOINT.value, dtype=_DTYPE.value, **overrides)
-  tokenizer = hf.load_tokenizer(_CHECKPOINT.value)
+  try:   # the model's token ids come later; every other setting is checked here
+    sampler.SamplerConfig(**_sampler_settings())
+  except ValueError as e:
+    raise app.UsageError(str(e).replace("SamplerConfig.", "--")) from e
+  folder = Path(_CHECKPOINT.value)
+  if not folder.is_dir():
+    raise app.UsageError(f"--checkpoint={_CHECKPOINT.value}: no such folder; allowed: a Hugging "
+                         f"Face LLaDA folder ({hf.CONFIG_FILE}, weights, {hf.TOKENIZER_FILE})")
+  for name in (hf.CONFIG_FILE, hf.TOKENIZER_FILE):
+    if not (folder / name).is_file():
+      raise app.UsageError(f"--checkpoint={_CHECKPOINT.value}: no {name} in the folder; "
+                           f"allowed: a Hugging Face LLaDA folder ({hf.CONFIG_FILE}, weights, "
+                           f"{hf.TOKENIZER_FILE})")
+
+
+def load(folder: str, dtype, original_padding: bool):
+  """(config, params, tokenizer) of a Hugging Face folder; a file error (a broken config.json,
+  missing or malformed weights or tokenizer.json) is one `app.UsageError` naming --checkpoint."""
+  overrides = {"honor_padding": False} if original_padding else {}
   try:
-    sc = sampler.SamplerConfig.for_model(
-        config, gen_length=_GEN.value, block_length=_BLOCK.value, steps=_STEPS.value,
-        temperature=_TEMP.value, remasking=_REMASK.value, confidence_from=_CONF.value,
-        cfg_scale=_CFG.value, top_k=_TOP_K.value, top_p=_TOP_P.value, schedule=_SCHEDULE.value,
-        eos_logit_neg_inf=_EOS_LOGIT.value, eos_confidence_neg_inf=_EOS_CONF.value)
+    config, params = hf.load_pretrained(folder, dtype=dtype, **overrides)
+    tokenizer = hf.load_tokenizer(folder)
+  except (OSError, ValueError) as e:   # hf turns unreadable files into ValueError too
+    raise app.UsageError(f"--checkpoint={folder}: {e}") from e
+  return config, params, tokenizer
+
+
+def main(argv):
+  _check_flags(argv)
+  parallel.initialize_distributed()
+  config, params, tokenizer = load(_CHECKPOINT.value, _DTYPE.value, _ORIGINAL_PADDING.value)
+  try:
+    sc = sampler.SamplerConfig.for_model(config, **_sampler_settings())
   except ValueError as e:
     raise app.UsageError(str(e).replace("SamplerConfig.", "--")) from e
   tokens, mask = encode_prompts(tokenizer, _PROMPT.value, _CHAT.value, config.pad_token_id)
+  try:   # e.g. the mask token's text in a prompt, or a tokenizer.json larger than the model
+    guards.check_prompts(tokens, mask, mask_id=sc.mask_id, vocab_size=sc.vocab_size,
+                         name="--prompt", hint="row = the --prompt's 0-based index, position "
+                         "= the token's index after left padding")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   out, traj = sampler.generate(llada.forward_fn(config), params, tokens, sc,
                                jax.random.key(_SEED.value), prompt_mask=mask,
                                return_trajectory=True)
-  out = np.asarray(out)
-  p = tokens.shape[1]
+  _print_answers(tokenizer, config, sc, tokens.shape[1], np.asarray(out), traj)
+
+
+def _print_answers(tokenizer, config, sc, p: int, out, traj) -> None:
   for row, prompt in enumerate(_PROMPT.value):
     if len(_PROMPT.value) > 1:
       print(f"### prompt {row}: {prompt}")
@@ -103,5 +149,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("checkpoint")
-  app.run(main)
+  cli.run(main, required=["checkpoint"])

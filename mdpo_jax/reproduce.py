@@ -32,10 +32,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from configs import countdown_tiny_diffu_grpo, countdown_tiny_mdpo, countdown_tiny_sft
+from mdpo_jax import cli
 from mdpo_jax.training import evaluation, rl_loop, sft_loop
 
 _SFT_CONFIG = config_flags.DEFINE_config_file(
@@ -255,7 +256,11 @@ def _runs_table(results: dict[int, dict], seeds: list[int]) -> str:
 def main(argv):
   del argv
   root = Path(_WORKDIR.value)
-  seeds = [int(s) for s in _SEEDS.value]
+  try:
+    seeds = [int(s) for s in _SEEDS.value]
+  except ValueError:
+    raise ValueError(f"--seeds={','.join(_SEEDS.value)}: allowed comma-separated integers, "
+                     "e.g. 0,1") from None
   if _PARALLEL.value and len(seeds) > 1:
     env = dict(os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false "
                "intra_op_parallelism_threads=1")
@@ -283,5 +288,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
-  app.run(main)
+  cli.run(main, required=["workdir"])

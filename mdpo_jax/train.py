@@ -2,9 +2,12 @@ r"""Training CLI: `python -m mdpo_jax.train --config configs/X.py --workdir DIR 
 
 The config file returns an `ml_collections.ConfigDict` (see configs/base.py for every key); it
 is locked, so an unknown `--config.key` fails. Re-running the same command with the same
-workdir resumes from the latest checkpoint. `config.trainer` selects the trainer. SIGTERM
-(preemption) or SIGINT saves a checkpoint and exits with status 0 and one line; a NaN/Inf loss or gradient norm ends
-the run with one error line and status 1, without saving the diverged state.
+workdir resumes from the latest checkpoint (a config that changes what a step computes is an
+error then; see `train.resume_allow`). `config.trainer` selects the trainer.
+
+Exit status: 0 finished, or stopped by SIGTERM/SIGINT after saving a checkpoint (one line; the
+same command resumes); 1 the run failed: `optim.max_skipped_steps` NaN/Inf steps in a row, or a
+storage fault (one line naming the folder); 2 a usage error (one line naming the field or file).
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import json
 import logging
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from mdpo_jax import cli
 from mdpo_jax import config as config_lib
 from mdpo_jax import parallel
 from mdpo_jax.training import evaluation, rl_loop, sft_loop
@@ -26,21 +30,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   parallel.initialize_distributed()
-  try:
-    config = config_lib.parse(_CONFIG.value)   # every check, before anything is built
-  except ValueError as e:  # configuration errors: one line, no traceback wall
-    raise app.UsageError(str(e)) from e
-  logging.info("config:\n%s", _CONFIG.value)
-  try:
-    loop = rl_loop if config.is_rl else sft_loop
-    result = loop.train(config, _WORKDIR.value)
-  except ValueError as e:  # errors found while building the run (files, shapes, devices)
-    raise app.UsageError(str(e)) from e
-  except FloatingPointError as e:   # diverged: one line, a failing exit status
-    raise SystemExit(f"error: {e}") from None
+  raw = cli.config_value(_CONFIG)
+  config = config_lib.parse(raw)   # every check, before anything is built
+  logging.info("config:\n%s", raw)
+  loop = rl_loop if config.is_rl else sft_loop
+  result = loop.train(config, _WORKDIR.value)
   if result.get("stopped") == "preempted":   # a clean stop: status 0, one line
     print(f"stopped by a signal at step {result['step']}: checkpoint saved; run the same "
           "command to resume")
@@ -54,5 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main, required=["config", "workdir"])

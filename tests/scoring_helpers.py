@@ -46,3 +46,34 @@ def counting_reward(completion: str, problem: int, *, log_dir: str) -> float:
 def dict_reward(completion: str, problem: dict) -> float:
   """`int_reward` against `problem["target"]`."""
   return int_reward(completion, problem["target"])
+
+
+def where_reward(completion: str, problem: int) -> float:
+  """1.0 when called in a RewardPool worker, 0.0 elsewhere (`scoring.in_worker`)."""
+  from mdpo_jax.rl import scoring
+
+  return float(scoring.in_worker())
+
+
+def _slow_warm_up() -> None:
+  time.sleep(1.0)
+
+
+def slow_start_reward(completion: str, problem: int) -> float:
+  """`int_reward` whose `warm_up` (run once per worker before it takes work) takes 1 s."""
+  return int_reward(completion, problem)
+
+
+slow_start_reward.warm_up = _slow_warm_up
+
+
+def _failing_warm_up() -> None:
+  raise ImportError("no module named 'verifier_library'")
+
+
+def broken_start_reward(completion: str, problem: int) -> float:
+  """`int_reward` whose `warm_up` fails, as a missing verifier library would."""
+  return int_reward(completion, problem)
+
+
+broken_start_reward.warm_up = _failing_warm_up

@@ -7,8 +7,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from absl import app, flags
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from mdpo_jax import generate as generate_cli   # defines the CLI's flags in this process
 from mdpo_jax.models import hf, llada
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
 
@@ -60,9 +62,58 @@ def test_cli_answer_equals_library_and_shows_steps(checkpoint):
   assert steps[0].split("]")[1].strip().startswith("_" * 8)  # all masked before the first step
 
 
-def test_cli_rejects_bad_sampler_setting(checkpoint):
+def _main(*args):
+  """`generate.main` in this process (no JAX start-up per call): the UsageError's message, or
+  None. (Never import `mdpo_jax.evaluate` into the test process as well: both CLIs define
+  --checkpoint, and absl refuses a flag defined twice.)"""
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS(["generate", *args])
+    generate_cli.main(["generate"])
+  except app.UsageError as e:
+    return str(e)
+  finally:
+    flags.FLAGS.unparse_flags()
+  return None
+
+
+def test_cli_user_errors_are_one_line(checkpoint, tmp_path):
+  """Was: every load error in `generate` was a traceback wall, an infinite temperature failed
+  deep inside the sampler, and a prompt holding the mask token's text was silently infilled."""
   folder, *_ = checkpoint
-  res = _run_cli("--checkpoint", str(folder), "--prompt", "a", "--gen_length", "8",
-                 "--block_length", "3")
-  assert res.returncode != 0
-  assert "block_length=3" in res.stderr and "gen_length=8" in res.stderr
+  ok = ["--checkpoint", str(folder), "--prompt", "a", "--gen_length", "8", "--block_length", "8",
+        "--steps", "4"]
+  no_tokenizer = tmp_path / "no_tokenizer"
+  no_tokenizer.mkdir()
+  (no_tokenizer / "config.json").write_text((folder / "config.json").read_text())
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  (broken / "config.json").write_text("{")
+  (broken / "tokenizer.json").write_text((folder / "tokenizer.json").read_text())
+  hf_folder = "allowed: a Hugging Face LLaDA folder (config.json, weights, tokenizer.json)"
+  cases = [
+      (["--block_length", "3"], "--block_length=3: allowed a divisor of gen_length=8"),
+      (["--gen_length", "-8"], "--gen_length=-8: allowed a positive integer"),
+      (["--temperature", "inf"], "--temperature=inf: allowed a finite number ≥ 0 (0 = argmax)"),
+      (["--top_p", "0"], "--top_p=0.0: allowed None or a number in (0, 1] (1 = off)"),
+      (["--checkpoint", str(tmp_path / "nope")],
+       f"--checkpoint={tmp_path / 'nope'}: no such folder; {hf_folder}"),
+      (["--checkpoint", str(no_tokenizer)],
+       f"--checkpoint={no_tokenizer}: no tokenizer.json in the folder; {hf_folder}"),
+      (["--prompt", "x<|mdm_mask|>"],
+       "--prompt: the mask token 36 at row 1, position 10 is in a prompt: allowed only in the "
+       "generated part (infilling a prompt is not supported); row = the --prompt's 0-based "
+       "index, position = the token's index after left padding"),
+  ]
+  for extra, message in cases:
+    assert _main(*ok, *extra) == message, extra
+  got = _main(*[a if a != str(folder) else str(broken) for a in ok])   # config.json not JSON
+  assert got.startswith(f"--checkpoint={broken}: ") and "config.json" in got
+  assert "\n" not in got
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["generate", *ok])
+  try:
+    with pytest.raises(app.UsageError, match=r"^unexpected arguments: \['extra'\]$"):
+      generate_cli.main(["generate", "extra"])
+  finally:
+    flags.FLAGS.unparse_flags()

@@ -63,6 +63,8 @@ def _assert_bit_equal(a, b):
 def test_published_config_maps_to_llada_8b():
   config = hf.config_from_hf(PUBLISHED_CONFIG)
   assert config == llada.llada_8b()  # bf16 default; bos/eot are LLaDA's (absent in the file)
+  # bos_token_id null (as some copies of the file have it) is the same as absent.
+  assert hf.config_from_hf({**PUBLISHED_CONFIG, "bos_token_id": None}) == llada.llada_8b()
 
 
 @pytest.mark.parametrize("config", [

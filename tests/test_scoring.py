@@ -251,6 +251,60 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
       proc.wait(10)
 
 
+_ORPHAN_IN_C_SCRIPT = """
+import os, signal, sys, threading
+sys.path.insert(0, {tests_dir!r})
+from mdpo_jax.rl.scoring import RewardPool
+import scoring_helpers
+
+if __name__ == "__main__":
+  pool = RewardPool(scoring_helpers.misbehaving_reward, num_workers=1, timeout_s=0.3)
+  pool.score([("1", 1)])
+  print(" ".join(map(str, pool.worker_pids)), flush=True)
+  threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGKILL)).start()
+  pool.score([("regex", 0)])  # killed 0.1 s into a check that holds the GIL, before its limit
+"""
+
+
+def test_orphan_stuck_in_c_code_is_ended_by_the_cpu_limit(tmp_path):
+  """The parent dies while its worker is in C code holding the GIL, so the worker's watcher thread
+  cannot run: the RLIMIT_CPU backstop ends it (at most 2·0.3 + 2.25 CPU-seconds into the check;
+  without it the worker runs on indefinitely — checked by hand)."""
+  script = tmp_path / "parent.py"
+  script.write_text(_ORPHAN_IN_C_SCRIPT.format(tests_dir=os.path.dirname(__file__)))
+  proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+  pids = []
+  try:
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 1
+    proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    assert _all_gone(pids, wait_s=10.0)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait(10)
+    for pid in pids:
+      if not _gone(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_warm_up_runs_before_work_and_in_worker_tells_where():
+  """A verifier's `warm_up` (1 s) is not charged to its first check's limit (0.3 s); a failing one
+  is a clear start-up error; `in_worker()` is True in workers only."""
+  with RewardPool(helpers.slow_start_reward, num_workers=1, timeout_s=0.3) as pool:
+    rewards, stats = pool.score([("1", 1), ("2", 1)])
+  np.testing.assert_array_equal(rewards, [1.0, 0.0])
+  assert stats["timeouts"] == 0
+  with RewardPool(helpers.broken_start_reward, num_workers=1) as pool:
+    with pytest.raises(RuntimeError, match="could not load reward_fn(.|\n)*verifier_library"):
+      pool.score([("1", 1)])
+  with RewardPool(helpers.where_reward, num_workers=1) as pool:
+    assert pool.score([("a", 0)])[0].tolist() == [1.0]
+  with RewardPool(helpers.where_reward, num_workers=0) as pool:
+    assert pool.score([("a", 0)])[0].tolist() == [0.0]
+
+
 class _Interrupt(Exception):
   pass
 

@@ -475,14 +475,39 @@ def test_math_reward(completion, gold, expected):
   assert math_task.reward(completion, gold) == expected
 
 
-def test_math_time_limit_holds_for_a_real_hang():
-  """`9^{9^{9}}` makes math-verify build a 370-million-digit integer in C (minutes to hours)."""
-  assert math_task.reward("\\boxed{1}", "1") == 1.0  # worker up (its start-up is not timed)
+def test_math_time_limit_holds_for_a_real_hang(caplog):
+  """`9^{9^{9}}` makes math-verify build a 370-million-digit integer in C (minutes to hours).
+  Called outside a pool (as evaluation does), `reward` runs it in its one-worker RewardPool."""
+  assert math_task.reward("\\boxed{1}", "1", timeout_s=1.0) == 1.0  # worker up (start-up untimed)
   t0 = time.monotonic()
-  assert math_task.reward("\\boxed{9^{9^{9}}}", "1", timeout_s=1.0) == 0.0
+  with caplog.at_level("WARNING", logger="mdpo_jax.tasks.math"):
+    assert math_task.reward("\\boxed{9^{9^{9}}}", "1", timeout_s=1.0) == 0.0
   elapsed = time.monotonic() - t0
   assert 0.9 < elapsed < 3.0  # ended by the deadline, promptly
-  assert math_task.reward("\\boxed{4}", "4") == 1.0  # a fresh worker takes over
+  assert "timed out after 1.0s" in caplog.text
+  assert math_task.reward("\\boxed{4}", "4", timeout_s=1.0) == 1.0  # a fresh worker takes over
+
+
+def test_math_reward_in_a_reward_pool_is_limited_and_counted_by_the_pool():
+  """RL's path: `MathTask.reward` in RewardPool workers runs math-verify right there (no second
+  layer of processes: that would fail in a daemonic worker and count as an error), under the
+  pool's time limit; hostile answers score 0.0 within the limit and never reach the caller."""
+  from mdpo_jax.rl.scoring import RewardPool
+
+  def rec(answer):
+    return {"problem": "?", "answer": answer}
+  good = [("\\boxed{4}", rec("4")), ("\\boxed{5}", rec("4")), ("\\boxed{\\frac12}", rec("0.5"))]
+  with RewardPool(math_task.math_reward, num_workers=2, timeout_s=1.0) as pool:
+    pool.score(good[:2])  # both workers up (their start-up, math-verify's import, is not timed)
+    t0 = time.monotonic()
+    rewards, stats = pool.score(good + [("\\boxed{9^{9^{9}}}", rec("1"))])
+    assert time.monotonic() - t0 < 1.0 + 2.0
+    assert rewards.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert stats["timeouts"] == 1 and stats["errors"] == 0 and stats["crashes"] == 0
+    t0 = time.monotonic()  # deep nesting: slow parsing (or a RecursionError), 0.0 either way
+    rewards, _ = pool.score([("\\boxed{" + "(" * 3000 + "1" + ")" * 3000 + "}", rec("2"))])
+    assert time.monotonic() - t0 < 1.0 + 2.0
+    assert rewards.tolist() == [0.0]
 
 
 def test_math_prompt_and_loader(tmp_path):

@@ -1,18 +1,21 @@
 """Training loop: the loss falls, a stopped run resumes exactly, the CLI rejects bad configs."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import base
 from mdpo_jax import tasks
 from mdpo_jax.models import llada
-from mdpo_jax.training import checkpoint, metrics, optim, setup, sft_loop
+from mdpo_jax.training import checkpoint, metrics, optim, setup, sft_loop, steps
+from mdpo_jax.training import state as state_lib
 
 
 def _tiny_config(num_steps=8):
@@ -99,23 +102,55 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_diverging_training_fails_and_saves_nothing_diverged(tmp_path):
-  """lr 1e6 drives the loss to NaN/Inf: the run raises (one line, naming what to change) and every
+  """lr 1e6 drives the loss to NaN/Inf: those steps are skipped and counted, three in a row stop
+  the run (one line, naming what to change), metrics.jsonl stays strict JSON, and every
   checkpoint it left holds finite parameters."""
   c = _tiny_config(num_steps=12)
   c.optim.lr, c.optim.warmup_steps, c.optim.clip_norm = 1e6, 0, 0.0
-  c.train.log_every, c.train.checkpoint_every = 3, 1
-  with pytest.raises(FloatingPointError, match=r"^training diverged at step \d+: .*optim.lr"):
+  c.train.log_every, c.train.checkpoint_every = 1, 1
+  with pytest.raises(FloatingPointError, match=r"^training diverged at step \d+: the last 3 "
+                     r"optimiser steps had a NaN/Inf loss .*optim.max_skipped_steps=3.*optim.lr"):
     sft_loop.train(c, tmp_path)
+  def no_constants(name):
+    raise AssertionError(f"metrics.jsonl holds {name}: not strict JSON")
+  with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
+    rows = [json.loads(line, parse_constant=no_constants) for line in f]
+  skipped = [r["step"] for r in rows if r.get("skipped")]
+  assert len(skipped) == 3 and skipped == list(range(skipped[0], skipped[0] + 3)), rows
+  assert all(r["loss"] is None for r in rows if r.get("skipped")), rows
   ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
   latest = ckpt.latest_step()
   ckpt.close()
-  assert latest is not None and latest < 12
+  assert latest is not None and latest == skipped[-1] - 1   # skipped steps were not saved
   tokenizer = setup.make_tokenizer(c)
   cfg = setup.model_config(c, tokenizer)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           llada.abstract_params(cfg))
   params, _, _ = checkpoint.restore_params(tmp_path / "checkpoints", abstract)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_a_non_finite_step_is_skipped_and_counted():
+  """A NaN loss (or gradient) leaves params and optimiser moments exactly as they were and
+  counts the skip; the next finite step applies and resets the count."""
+  c = _tiny_config()
+  params = {"w": jnp.arange(4.0), "b": jnp.ones(())}
+  opt = optim.make_optimizer(c.optim, 10)
+  state = state_lib.create(params, opt, 0)
+  grads = jax.tree.map(jnp.ones_like, params)
+  state1, out = steps.apply_gradients(state, grads, opt, jnp.float32(0.5))
+  assert float(out["skipped"]) == 0 and int(optim.skipped_in_a_row(state1.opt_state)) == 0
+  for bad_loss, bad_grads in ((jnp.float32(jnp.nan), grads),
+                              (jnp.float32(0.5), {"w": grads["w"].at[2].set(jnp.inf),
+                                                  "b": grads["b"]})):
+    state2, out = steps.apply_gradients(state1, bad_grads, opt, bad_loss)
+    assert float(out["skipped"]) == 1 and int(optim.skipped_in_a_row(state2.opt_state)) == 1
+    for a, b in zip(jax.tree.leaves((state1.params, state1.opt_state.inner_state)),
+                    jax.tree.leaves((state2.params, state2.opt_state.inner_state))):
+      np.testing.assert_array_equal(a, b)
+  state3, _ = steps.apply_gradients(state2, grads, opt, jnp.float32(0.5))
+  assert int(optim.skipped_in_a_row(state3.opt_state)) == 0
+  assert not np.array_equal(state3.params["w"], state2.params["w"])
 
 
 def test_mesh_rules_reach_the_run(tmp_path):
@@ -128,7 +163,7 @@ def test_mesh_rules_reach_the_run(tmp_path):
     run, state = run_lib.setup_run(c, tmp_path / (rules or "default"))
     run.close()
     specs[rules] = tuple(state.params["wte"].sharding.spec)   # wte: (vocab, embed)
-    assert tuple(state.opt_state[1][0].mu["wte"].sharding.spec) == specs[rules]
+    assert tuple(state.opt_state.inner_state[1][0].mu["wte"].sharding.spec) == specs[rules]
   assert specs[""][1] == "fsdp"        # the default table puts embed on fsdp
   assert len(specs["embed="]) < 2 or specs["embed="][1] is None   # "embed=": replicated
 

@@ -98,8 +98,10 @@ def special_ids(tokenizer: tokenizers.Tokenizer, *,
     tokens: the (BOS, EOS, EOT, MASK) token strings; LLaDA's by default.
 
   Returns:
-    dict with keys bos, eos, eot, mask (ids) and vocab_size (the tokenizer's, added tokens
-    included; a model's embedding table may be larger, e.g. LLaDA-8B pads it to 126464).
+    dict with keys bos, eos, eot, mask (ids) and vocab_size: the embedding rows the tokenizer's
+    ids need, i.e. its largest id + 1 (added tokens included; the token count when ids are
+    contiguous, more when they have gaps, whose ids a table of `count` rows would clamp). A
+    model's embedding table may be larger, e.g. LLaDA-8B pads it to 126464.
   """
   tokens = tuple(tokens)
   if len(tokens) != 4:
@@ -111,7 +113,7 @@ def special_ids(tokenizer: tokenizers.Tokenizer, *,
       raise ValueError(f"the tokenizer has no {role.upper()} token {token!r}; pass the right "
                        f"strings as tokens=(bos, eos, eot, mask)")
     out[role] = int(token_id)
-  out["vocab_size"] = int(tokenizer.get_vocab_size(with_added_tokens=True))
+  out["vocab_size"] = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
   return out
 
 

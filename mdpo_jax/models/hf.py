@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import shutil
@@ -67,6 +68,11 @@ HF_MODEL_TYPE = "llada"
 # LLaDA-8B-Instruct chat template (tokenizer_config.json `chat_template`), one user turn.
 LLADA_BOS_TOKEN = "<|startoftext|>"
 _HEADER_START, _HEADER_END, _EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
+# The config.json id keys that name a LLaDA special token, and that token's string in
+# tokenizer.json (LLaDA-8B: bos 126080, eos 126081, eot 126348, mask 126336). A null/absent key
+# takes the tokenizer's id; `pad_token_id` has no token of its own and follows `eos_token_id`.
+LLADA_SPECIAL_TOKENS = {"mask_token_id": "<|mdm_mask|>", "eos_token_id": "<|endoftext|>",
+                        "bos_token_id": LLADA_BOS_TOKEN, "eot_token_id": _EOT}
 
 # safetensors dtype tags <-> numpy dtypes (bfloat16 through ml_dtypes, bit-exact).
 _ST_TO_NP = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -147,23 +153,87 @@ def _effective_kv_heads(hf: Mapping[str, Any], n_heads: int) -> int:
   return n_kv
 
 
-def config_from_hf(hf_config: Mapping[str, Any], *, dtype: Any = None,
-                   **overrides: Any) -> llada.LLaDAConfig:
-  """Build our `LLaDAConfig` from a LLaDA `config.json` dict, rejecting what we cannot compute.
+@dataclasses.dataclass(frozen=True)
+class _TokenizerFacts:
+  """What loading needs from a tokenizer: what it is called in messages (its tokenizer.json),
+  how many embedding rows its ids need (max id + 1), and the ids of the LLaDA special tokens it
+  defines."""
 
-  Keys absent from `hf_config` take the defaults of the reference `ModelConfig`, exactly as the
-  original code would. Any architecture switch whose value changes the math away from what
-  `llada.forward` implements raises a `ValueError` naming the key, its value and what is
-  supported. `embedding_size` (the rows of the embedding and LM head, >= vocab_size) becomes our
-  `vocab_size`, since our logits cover every row. `bos_token_id` / `eot_token_id` are read when
-  present (LLaDA's config.json carries neither) and otherwise keep the `LLaDAConfig` defaults;
-  so do absent mask/eos ids, and an absent `pad_token_id` follows `eos_token_id`.
+  label: str
+  size: int
+  ids: Mapping[str, int]
 
-  `dtype` sets both `param_dtype` and `dtype`; None takes `torch_dtype` (or `dtype`) from the
-  config when it names a supported float type, else bfloat16 (what LLaDA ships).
-  `overrides` may set the runtime fields that config.json does not describe
-  (`honor_padding`, `scan_layers`, `remat`, `attention_impl`, `logits_dtype`).
+
+def _tokenizer_facts(tokenizer: Any) -> _TokenizerFacts:
+  """Facts of a `tokenizers.Tokenizer`, or of the tokenizer.json at a path (file or folder)."""
+  if isinstance(tokenizer, (str, os.PathLike)):
+    p = Path(tokenizer)
+    label = f"tokenizer {p / TOKENIZER_FILE if p.is_dir() else p}"
+    tokenizer = load_tokenizer(p)
+  else:
+    label = "the given tokenizer object"
+  vocab = tokenizer.get_vocab(with_added_tokens=True)
+  size = max(vocab.values(), default=-1) + 1
+  ids = {key: int(vocab[token]) for key, token in LLADA_SPECIAL_TOKENS.items() if token in vocab}
+  return _TokenizerFacts(label, size, ids)
+
+
+def _check_vocab(tok: _TokenizerFacts | None, rows: int, where: str) -> None:
+  """Tokenizer ids the embedding cannot hold would be clamped by the lookup: refuse them."""
+  if tok is not None and tok.size > rows:
+    raise ValueError(f"{tok.label} has token ids up to {tok.size - 1} ({tok.size} ids) "
+                     f"but {where} gives the model {rows} embedding rows (embedding_size/"
+                     f"vocab_size); expected a tokenizer with at most {rows} ids, such as this "
+                     "checkpoint's own tokenizer.json")
+
+
+def _special_ids(hf: Mapping[str, Any], rows: int, tok: _TokenizerFacts | None,
+                 where: str) -> dict[str, int]:
+  """The five special ids: config.json, else the tokenizer's token, else the LLaDA default.
+
+  An id that config.json sets must lie in [0, rows). A null/absent one takes the tokenizer's id
+  for its LLaDA token (`LLADA_SPECIAL_TOKENS`), else the `LLaDAConfig` default when it fits the
+  vocabulary; `pad_token_id` follows `eos_token_id`. The model's forward pass uses none of them.
+  mask and eos have no stand-in (the sampler and losses need the mask, decoding and padding the
+  EOS), so a missing one is an error naming the key and both files; bos and eot fall back to
+  eos with a warning (bos is not read by any computation; eot = eos only makes decoding stop at
+  EOS, and the chat template checks its tokens in the tokenizer itself, see `encode_chat`).
   """
+  defaults = llada.LLaDAConfig()
+  ids: dict[str, int] = {}
+  stand_ins = []
+  for name in ("mask_token_id", "eos_token_id", "bos_token_id", "eot_token_id", "pad_token_id"):
+    value = _int_key(hf, name, None)
+    if value is not None:
+      if not 0 <= value < rows:
+        raise ValueError(f"{where}: {name}={value} is outside the model's vocabulary "
+                         f"[0, {rows}); expected an id below {rows}")
+      ids[name] = value
+    elif tok is not None and name in tok.ids:
+      ids[name] = tok.ids[name]
+    elif name == "pad_token_id":
+      ids[name] = ids["eos_token_id"]
+    elif getattr(defaults, name) < rows:
+      ids[name] = getattr(defaults, name)
+    else:
+      token = LLADA_SPECIAL_TOKENS[name]
+      looked = (f"{tok.label} has no {token!r} token" if tok is not None
+                else f"no {TOKENIZER_FILE} was given to look up {token!r} in")
+      why = (f"{where}: {name} is {'null' if name in hf else 'absent'}, {looked}, and the "
+             f"LLaDA default {getattr(defaults, name)} is outside the vocabulary [0, {rows})")
+      if name in ("mask_token_id", "eos_token_id"):
+        raise ValueError(f"{why}; set {name} in {where} (the sampler, losses and decoding need "
+                         "it)")
+      ids[name] = ids["eos_token_id"]
+      stand_ins.append(why)
+  for why in stand_ins:
+    logging.warning("%s; using eos_token_id=%d in its place", why, ids["eos_token_id"])
+  return ids
+
+
+def _config_from_hf(hf_config: Mapping[str, Any], dtype: Any, tok: _TokenizerFacts | None,
+                    where: str, overrides: Mapping[str, Any]) -> llada.LLaDAConfig:
+  """`config_from_hf` with the tokenizer facts and config file name (`where`) already known."""
   hf = dict(hf_config)
   model_type = hf.get("model_type", HF_MODEL_TYPE)
   if model_type != HF_MODEL_TYPE:
@@ -194,29 +264,17 @@ def config_from_hf(hf_config: Mapping[str, Any], *, dtype: Any = None,
   if rows < vocab_size:
     raise ValueError(f"config.json: embedding_size={embedding_size} must be >= vocab_size="
                      f"{vocab_size}")
+  _check_vocab(tok, rows, where)
 
   if dtype is None:
     declared = hf.get("torch_dtype", hf.get("dtype"))
     dtype = declared if declared in _SUPPORTED_DTYPES else "bfloat16"
   dtype = _normalize_dtype(dtype, "dtype")
-
-  defaults = llada.LLaDAConfig()
-  ids = {}
-  for name in ("mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id", "eot_token_id"):
-    value = _int_key(hf, name, None)
-    ids[name] = getattr(defaults, name) if value is None else value
-  if hf.get("pad_token_id") is None and hf.get("eos_token_id") is not None:
-    ids["pad_token_id"] = ids["eos_token_id"]
-  for name, value in ids.items():
-    if not 0 <= value < rows:
-      source = "config.json" if hf.get(name) is not None else "the LLaDA default (key absent)"
-      raise ValueError(f"{name}={value} from {source} is outside the vocabulary "
-                       f"[0, {rows}); set {name} in config.json")
-
   bad = sorted(set(overrides) - set(_RUNTIME_FIELDS))
   if bad:
     raise ValueError(f"config_from_hf: cannot override {bad}; overridable fields: "
                      f"{_RUNTIME_FIELDS} (shapes and ids come from config.json)")
+  ids = _special_ids(hf, rows, tok, where)
   fields = dict(
       vocab_size=rows, d_model=d_model, n_layers=_int_key(hf, "n_layers", 12), n_heads=n_heads,
       n_kv_heads=_effective_kv_heads(hf, n_heads), mlp_hidden_size=mlp_hidden,
@@ -224,9 +282,36 @@ def config_from_hf(hf_config: Mapping[str, Any], *, dtype: Any = None,
       rope_theta=float(hf.get("rope_theta", 10000.0)),
       max_sequence_length=_int_key(hf, "max_sequence_length", 1024),
       tie_embeddings=weight_tying, dtype=dtype, param_dtype=dtype,
-      init_std=float(hf.get("init_std", defaults.init_std)), **ids)
+      init_std=float(hf.get("init_std", llada.LLaDAConfig.init_std)), **ids)
   fields.update(overrides)
   return llada.LLaDAConfig(**fields)
+
+
+def config_from_hf(hf_config: Mapping[str, Any], *, dtype: Any = None, tokenizer: Any = None,
+                   **overrides: Any) -> llada.LLaDAConfig:
+  """Build our `LLaDAConfig` from a LLaDA `config.json` dict, rejecting what we cannot compute.
+
+  Keys absent from `hf_config` take the defaults of the reference `ModelConfig`, exactly as the
+  original code would. Any architecture switch whose value changes the math away from what
+  `llada.forward` implements raises a `ValueError` naming the key, its value and what is
+  supported. `embedding_size` (the rows of the embedding and LM head, >= vocab_size) becomes our
+  `vocab_size`, since our logits cover every row.
+
+  Special ids (`_special_ids`): a set id is used (and must fit the vocabulary); a null/absent
+  one (LLaDA's config.json has no bos/eot, `bos_token_id` may be null) comes from `tokenizer`'s
+  LLaDA token, else the `LLaDAConfig` default when it fits, else (bos, eot) eos with a warning;
+  a mask or eos id found nowhere is an error. `pad_token_id` absent follows `eos_token_id`.
+
+  `tokenizer`: a `tokenizers.Tokenizer` or the path of a tokenizer.json (file or folder), for
+  those ids; a tokenizer whose ids need more rows than the model has is an error (its ids would
+  be clamped by the embedding lookup). Fewer is fine (LLaDA pads its embedding to 126464 rows).
+  `dtype` sets both `param_dtype` and `dtype`; None takes `torch_dtype` (or `dtype`) from the
+  config when it names a supported float type, else bfloat16 (what LLaDA ships).
+  `overrides` may set the runtime fields that config.json does not describe
+  (`honor_padding`, `scan_layers`, `remat`, `attention_impl`, `logits_dtype`).
+  """
+  tok = None if tokenizer is None else _tokenizer_facts(tokenizer)
+  return _config_from_hf(hf_config, dtype, tok, CONFIG_FILE, overrides)
 
 
 def config_to_hf(config: llada.LLaDAConfig) -> dict[str, Any]:
@@ -295,8 +380,8 @@ def _read_json(path: Path, what: str) -> dict:
   try:
     with open(path, encoding="utf-8") as f:
       value = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{what}: {path} is not valid JSON ({e})") from e
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{what}: {path} is not valid JSON ({e}); expected a JSON object") from e
   if not isinstance(value, dict):
     raise ValueError(f"{what}: {path} must hold a JSON object, got {type(value).__name__}")
   return value
@@ -429,7 +514,7 @@ class _Checkpoint:
     self._handles = {}
     self.tensors: dict[str, tuple[str, str, tuple[int, ...]]] = {}  # name -> (file, dtype, shape)
     for file in files:
-      handle = safe_open(str(folder / file), framework="numpy")
+      handle = self._open(folder / file, safe_open)
       self._handles[file] = handle
       for name in handle.keys():
         if name in self.tensors:
@@ -443,11 +528,26 @@ class _Checkpoint:
           raise CheckpointError(f"checkpoint index maps tensor {name!r} to {file!r}, but that "
                                 "file does not contain it")
 
+  @staticmethod
+  def _open(path: Path, safe_open: Callable) -> Any:
+    """safetensors' reader on `path`; a truncated or corrupt file is a one-line ValueError."""
+    try:
+      return safe_open(str(path), framework="numpy")
+    except Exception as e:  # safetensors raises its own SafetensorError (an Exception)
+      size = path.stat().st_size if path.is_file() else 0
+      raise ValueError(f"safetensors file {path} ({size} bytes) cannot be read: "
+                       f"{_one_line(e)}; expected a complete safetensors file (truncated "
+                       "download or interrupted copy? fetch or save it again)") from e
+
   def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
     """A numpy copy of `tensor[index]` (bit-exact, bf16 as ml_dtypes.bfloat16)."""
     file = self.tensors[name][0]
-    view = self._handles[file].get_slice(name)
-    return np.asarray(view[index] if index else view[:])
+    try:
+      view = self._handles[file].get_slice(name)
+      return np.asarray(view[index] if index else view[:])
+    except Exception as e:
+      raise ValueError(f"safetensors file {self.folder / file}: tensor {name!r} cannot be read "
+                       f"({_one_line(e)}); expected a complete safetensors file") from e
 
   def close(self) -> None:
     self._handles.clear()
@@ -524,10 +624,23 @@ def _hf_slices(entry: _Entry, index: tuple[slice, ...]):
   return tuple(hf_index), tuple(block_shape), tuple(finish)
 
 
-def _reader(ckpt: _Checkpoint, entry: _Entry, name: str, dtype: np.dtype) -> Callable:
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split())
+
+
+def _all_finite(array: np.ndarray) -> bool:
+  """No NaN/Inf in `array`, checked in 16M-element chunks (the bool temporary stays small)."""
+  flat = array.reshape(-1)
+  step = 1 << 24
+  return all(bool(np.isfinite(flat[i:i + step]).all()) for i in range(0, flat.size, step))
+
+
+def _reader(ckpt: _Checkpoint, entry: _Entry, name: str, dtype: np.dtype,
+            nonfinite: dict[str, str], label: str) -> Callable:
   """Callback for `jax.make_array_from_callback`: our-layout slices read from the HF tensor.
 
-  Devices holding the same slice (replication) share one read.
+  Devices holding the same slice (replication) share one read. A block holding NaN/Inf (after
+  the cast to `dtype`) records `nonfinite[name] = label` (our param path).
   """
   cache: dict[tuple, np.ndarray] = {}
 
@@ -537,9 +650,19 @@ def _reader(ckpt: _Checkpoint, entry: _Entry, name: str, dtype: np.dtype) -> Cal
     if key not in cache:
       block = ckpt.read(name, hf_index).reshape(block_shape)[finish]
       cache[key] = np.ascontiguousarray(block.transpose(entry.perm).astype(dtype, copy=False))
+      if not _all_finite(cache[key]):
+        nonfinite[name] = label
     return cache[key]
 
   return callback
+
+
+def _warn_nonfinite(nonfinite: Mapping[str, str], where: str) -> None:
+  if nonfinite:
+    shown = ", ".join(f"{n!r} ({label})" for n, label in list(nonfinite.items())[:8])
+    more = f" and {len(nonfinite) - 8} more" if len(nonfinite) > 8 else ""
+    logging.warning("%s: %d tensor(s) hold NaN/Inf values: %s%s", where, len(nonfinite), shown,
+                    more)
 
 
 def _layer_sharding(sharding: jax.sharding.Sharding, ndim: int) -> jax.sharding.Sharding:
@@ -565,15 +688,59 @@ def _set_layer_fn(sharding: jax.sharding.Sharding) -> Callable:
                  out_shardings=sharding, donate_argnums=0)
 
 
+def _load_params(ckpt: _Checkpoint, entries: Sequence[_Entry], config: llada.LLaDAConfig,
+                 mesh: jax.sharding.Mesh | None, rules: Sequence[tuple[str, Any]]) -> dict:
+  """Stream every tensor of `ckpt` into (sharded) device arrays; warn about NaN/Inf ones."""
+  target = np.dtype(config.param_dtype)
+  if mesh is None:
+    device = SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, llada.abstract_params(config))
+  else:
+    shardings = llada.param_shardings(config, mesh, rules)
+  params: dict = {}
+  nonfinite: dict[str, str] = {}
+  for entry in entries:
+    sharding = _get_path(shardings, entry.path)
+    label = "params" + "".join(f"[{key!r}]" for key in entry.path)
+    if not entry.stacked:
+      array = jax.make_array_from_callback(
+          entry.layer_shape, sharding,
+          _reader(ckpt, entry, entry.hf_name(), target, nonfinite, label))
+    else:
+      shape = (config.n_layers,) + entry.layer_shape
+      array = _zeros_fn(shape, target.name, sharding)()
+      layer_sharding = _layer_sharding(sharding, len(shape))
+      set_layer = _set_layer_fn(sharding)
+      for i in range(config.n_layers):
+        layer = jax.make_array_from_callback(
+            entry.layer_shape, layer_sharding,
+            _reader(ckpt, entry, entry.hf_name(i), target, nonfinite, f"{label}[{i}]"))
+        array = set_layer(array, layer, np.int32(i))
+        del layer
+    _set_path(params, entry.path, array)
+  _warn_nonfinite(nonfinite, f"checkpoint {ckpt.folder}")
+  return params
+
+
+def _folder_tokenizer(folder: Path, tokenizer: Any) -> _TokenizerFacts | None:
+  """Facts of the given tokenizer, else of the folder's own tokenizer.json when it has one."""
+  if tokenizer is None:
+    own = folder / TOKENIZER_FILE
+    tokenizer = own if own.is_file() else None
+  return None if tokenizer is None else _tokenizer_facts(tokenizer)
+
+
 def load_pretrained(path: PathLike, *, dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
                     rules: Sequence[tuple[str, Any]] = parallel.DEFAULT_RULES,
-                    **overrides: Any) -> tuple[llada.LLaDAConfig, dict]:
+                    tokenizer: Any = None, **overrides: Any) -> tuple[llada.LLaDAConfig, dict]:
   """Load a LLaDA checkpoint folder into (sharded) device parameters.
 
   Reads `config.json` and `model.safetensors` (or the shards named by
   `model.safetensors.index.json`). Tensors are moved one at a time, each device reading only
   its own slice through the memory map, so host memory holds at most one tensor; stacked layers
-  are written into a device-side stack by a donated in-place update.
+  are written into a device-side stack by a donated in-place update. Each tensor is checked for
+  NaN/Inf as it streams through the host; one `logging.warning` names every such tensor (its
+  Hugging Face name and our param path). Loading goes on: the values are what the file holds.
 
   Args:
     path: the checkpoint folder.
@@ -582,18 +749,26 @@ def load_pretrained(path: PathLike, *, dtype: Any = None, mesh: jax.sharding.Mes
       on the first local device.
     rules: logical-axis rules for the mesh (`parallel.DEFAULT_RULES`, or a run's
       `parallel.parse_rules(config.mesh.rules)`); unused without a mesh.
+    tokenizer: the tokenizer the model will be used with (a `tokenizers.Tokenizer`, or a
+      tokenizer.json file or folder); None: the folder's own tokenizer.json, if it has one. It
+      supplies the special ids config.json leaves null, and must fit the model's vocabulary
+      (see `config_from_hf`).
     **overrides: runtime config fields (see `config_from_hf`), e.g. `honor_padding=False`.
 
   Raises:
-    FileNotFoundError: no config.json, no weights, or an index naming a missing shard.
-    ValueError: an unsupported config value (names the key); `CheckpointError` (a ValueError)
+    FileNotFoundError: no folder, config.json or weights, or an index naming a missing shard.
+    ValueError: an unsupported config value (names the key); config.json or an index that is
+      not JSON, a truncated/corrupt safetensors file, a tokenizer whose ids the embedding cannot
+      hold, a mask/eos id found nowhere (each names the file); `CheckpointError` (a ValueError)
       for a missing, unexpected or wrongly shaped tensor (names the tensor and the shapes).
   """
   folder = Path(path)
   if not folder.is_dir():
     raise FileNotFoundError(f"checkpoint folder {folder} does not exist or is not a folder")
-  hf_config = _read_json(folder / CONFIG_FILE, "checkpoint config")
-  probe = config_from_hf(hf_config, dtype=dtype or "float32", **overrides)
+  config_file = folder / CONFIG_FILE
+  hf_config = _read_json(config_file, "checkpoint config")
+  tok = _folder_tokenizer(folder, tokenizer)
+  probe = _config_from_hf(hf_config, dtype or "float32", tok, str(config_file), overrides)
   ckpt = _Checkpoint(folder)
   try:
     entries = _layout(probe)
@@ -601,30 +776,9 @@ def load_pretrained(path: PathLike, *, dtype: Any = None, mesh: jax.sharding.Mes
     if dtype is None:
       declared = hf_config.get("torch_dtype", hf_config.get("dtype"))
       dtype = _checkpoint_dtype(ckpt, ckpt.tensors, declared)
-    config = config_from_hf(hf_config, dtype=dtype, **overrides)
-    target = np.dtype(config.param_dtype)
-    if mesh is None:
-      device = SingleDeviceSharding(jax.local_devices()[0])
-      shardings = jax.tree.map(lambda _: device, llada.abstract_params(config))
-    else:
-      shardings = llada.param_shardings(config, mesh, rules)
-    params: dict = {}
-    for entry in entries:
-      sharding = _get_path(shardings, entry.path)
-      if not entry.stacked:
-        array = jax.make_array_from_callback(
-            entry.layer_shape, sharding, _reader(ckpt, entry, entry.hf_name(), target))
-      else:
-        shape = (config.n_layers,) + entry.layer_shape
-        array = _zeros_fn(shape, target.name, sharding)()
-        layer_sharding = _layer_sharding(sharding, len(shape))
-        set_layer = _set_layer_fn(sharding)
-        for i in range(config.n_layers):
-          layer = jax.make_array_from_callback(
-              entry.layer_shape, layer_sharding, _reader(ckpt, entry, entry.hf_name(i), target))
-          array = set_layer(array, layer, np.int32(i))
-          del layer
-      _set_path(params, entry.path, array)
+    config = probe.replace(dtype=_normalize_dtype(dtype, "dtype"),
+                           param_dtype=_normalize_dtype(dtype, "dtype"))
+    params = _load_params(ckpt, entries, config, mesh, rules)
   finally:
     ckpt.close()
   return config, params
@@ -849,7 +1003,11 @@ def load_tokenizer(path: PathLike):
   if not file.is_file():
     raise FileNotFoundError(f"no {TOKENIZER_FILE} at {file}: a fast-tokenizer file is required "
                             "(LLaDA checkpoints ship one; slow tokenizers are not supported)")
-  return tokenizers.Tokenizer.from_file(str(file))
+  try:
+    return tokenizers.Tokenizer.from_file(str(file))
+  except Exception as e:  # tokenizers raises a bare Exception for unreadable files
+    raise ValueError(f"tokenizer file {file} cannot be read ({_one_line(e)}); expected a "
+                     "Hugging Face fast-tokenizer JSON (tokenizer.json)") from e
 
 
 def apply_chat_template(user_message: str, *, bos_token: str = LLADA_BOS_TOKEN) -> str:
@@ -871,6 +1029,16 @@ def encode_chat(tokenizer, message: str, *, bos_token: str = LLADA_BOS_TOKEN) ->
 
   The reference calls `tokenizer(prompt)`, i.e. with the tokenizer's own special-token
   post-processing enabled; so do we, so ids match the reference for the same tokenizer.json.
+  The template's special tokens (BOS unless `bos_token=""`, the headers, EOT) must be tokens of
+  `tokenizer`; otherwise their text would be split into ordinary pieces, so that is an error.
   """
+  needed = {"BOS (bos_token_id)": bos_token, "header start": _HEADER_START,
+            "header end": _HEADER_END, "EOT (eot_token_id)": _EOT}
+  missing = [f"{role} {token!r}" for role, token in needed.items()
+             if token and tokenizer.token_to_id(token) is None]
+  if missing:
+    raise ValueError(f"the chat template needs token(s) the tokenizer does not define: "
+                     f"{', '.join(missing)}; expected LLaDA's tokenizer.json (or prompts without "
+                     "the chat template)")
   return list(tokenizer.encode(apply_chat_template(message, bos_token=bos_token),
                                add_special_tokens=True).ids)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
 from typing import Callable, NamedTuple
 
 import jax
@@ -21,11 +23,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdpo_jax.diffusion import guidance
-from mdpo_jax.sampling import categorical, remask
+from mdpo_jax.sampling import categorical, guards, remask
 
 REMASKING = ("low_confidence", "random", "margin", "entropy", "rcr")
 CONFIDENCE_FROM = ("logits", "tempered")
 SCHEDULES = ("llada", "linear")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _bad(name: str, value, allowed: str) -> ValueError:
+  return ValueError(f"SamplerConfig.{name}={value!r}: allowed {allowed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +54,11 @@ class SamplerConfig:
   eos_logit_neg_inf: EOS can never be sampled (LLaDA `logits_eos_inf`).
   eos_confidence_neg_inf: EOS/EOT candidates are committed last (LLaDA `confidence_eos_eot_inf`).
   top_k / top_p filter the sampling distribution only; confidences use the unfiltered logits.
+  vocab_size: the model's vocabulary (`for_model` sets it); `generate` then rejects prompt ids
+    outside [0, vocab_size). None: only negative ids are rejected.
+
+  Every error is one line, `SamplerConfig.field=value: allowed ...`. Numbers are stored as
+  Python ints/floats (numpy scalars are accepted), so equal settings hash equal.
   """
 
   gen_length: int = 256
@@ -57,41 +76,67 @@ class SamplerConfig:
   mask_id: int = 126336
   eos_id: int = 126081
   eot_id: int = 126348
+  vocab_size: int | None = None
 
   def __post_init__(self):
+    self._check_lengths()
+    self._check_numbers()
+    for name, allowed in (("remasking", REMASKING), ("confidence_from", CONFIDENCE_FROM),
+                          ("schedule", SCHEDULES)):
+      value = getattr(self, name)
+      if not isinstance(value, str) or value not in allowed:
+        raise _bad(name, value, f"one of {allowed}")
+    for name in ("eos_logit_neg_inf", "eos_confidence_neg_inf"):
+      if not isinstance(getattr(self, name), (bool, np.bool_)):
+        raise _bad(name, getattr(self, name), "True or False")
+      self._set(name, bool(getattr(self, name)))
+    self._check_ids()
+
+  def _set(self, name: str, value) -> None:
+    object.__setattr__(self, name, value)   # frozen: normalise types during validation only
+
+  def _check_lengths(self) -> None:
     for name in ("gen_length", "block_length", "steps"):
       value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"SamplerConfig.{name}={value!r}: must be a positive integer")
+      if not _is_int(value) or value <= 0:
+        raise _bad(name, value, "a positive integer")
+      self._set(name, int(value))
     if self.gen_length % self.block_length:
-      raise ValueError(f"SamplerConfig.block_length={self.block_length} must divide "
-                       f"gen_length={self.gen_length}")
-    if self.steps % self.num_blocks:
-      raise ValueError(f"SamplerConfig.steps={self.steps} must be a multiple of the number of "
-                       f"blocks gen_length/block_length={self.num_blocks}")
-    if self.steps_per_block > self.block_length:
-      raise ValueError(f"SamplerConfig.steps={self.steps}: at most one step per token "
-                       f"(steps_per_block={self.steps_per_block} > block_length="
-                       f"{self.block_length})")
-    if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
-      raise ValueError(f"SamplerConfig.temperature={self.temperature!r}: must be a float ≥ 0")
-    if self.remasking not in REMASKING:
-      raise ValueError(f"SamplerConfig.remasking={self.remasking!r}: allowed {REMASKING}")
-    if self.confidence_from not in CONFIDENCE_FROM:
-      raise ValueError(f"SamplerConfig.confidence_from={self.confidence_from!r}: allowed "
-                       f"{CONFIDENCE_FROM}")
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f"SamplerConfig.schedule={self.schedule!r}: allowed {SCHEDULES}")
-    if not (isinstance(self.cfg_scale, (int, float)) and self.cfg_scale >= 0):
-      raise ValueError(f"SamplerConfig.cfg_scale={self.cfg_scale!r}: must be a float ≥ 0")
-    if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
-      raise ValueError(f"SamplerConfig.top_k={self.top_k!r}: must be None or an integer ≥ 0")
-    if self.top_p is not None and not 0 < self.top_p <= 1:
-      raise ValueError(f"SamplerConfig.top_p={self.top_p!r}: must be None or in (0, 1]")
+      raise _bad("block_length", self.block_length, f"a divisor of gen_length={self.gen_length}")
+    if self.steps % self.num_blocks or self.steps > self.gen_length:
+      raise _bad("steps", self.steps, f"a multiple of the number of blocks "
+                 f"gen_length/block_length={self.num_blocks} and at most one step per token "
+                 f"(steps ≤ gen_length={self.gen_length})")
+
+  def _check_numbers(self) -> None:
+    for name, what in (("temperature", "0 = argmax"), ("cfg_scale", "0 = no guidance")):
+      value = getattr(self, name)
+      if not _is_real(value) or not (math.isfinite(value) and value >= 0):
+        raise _bad(name, value, f"a finite number ≥ 0 ({what})")
+      self._set(name, float(value))
+    if self.top_k is not None:
+      if not _is_int(self.top_k) or self.top_k < 0:
+        raise _bad("top_k", self.top_k, "None or an integer ≥ 0 (0 = off)")
+      self._set("top_k", int(self.top_k))
+    if self.top_p is not None:
+      if not _is_real(self.top_p) or not 0 < self.top_p <= 1:   # also rejects NaN
+        raise _bad("top_p", self.top_p, "None or a number in (0, 1] (1 = off)")
+      self._set("top_p", float(self.top_p))
+
+  def _check_ids(self) -> None:
+    if self.vocab_size is not None:
+      if not _is_int(self.vocab_size) or self.vocab_size <= 0:
+        raise _bad("vocab_size", self.vocab_size, "None or a positive integer")
+      self._set("vocab_size", int(self.vocab_size))
+    top = "∞" if self.vocab_size is None else f"vocab_size={self.vocab_size}"
     for name in ("mask_id", "eos_id", "eot_id"):
       value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"SamplerConfig.{name}={value!r}: must be a token id ≥ 0")
+      if not _is_int(value) or not 0 <= value < (self.vocab_size or math.inf):
+        raise _bad(name, value, f"a token id in [0, {top})")
+      self._set(name, int(value))
+    if self.mask_id in (self.eos_id, self.eot_id):
+      raise _bad("mask_id", self.mask_id, f"an id other than eos_id={self.eos_id} and "
+                 f"eot_id={self.eot_id}")
 
   @property
   def num_blocks(self) -> int:
@@ -110,9 +155,10 @@ class SamplerConfig:
 
   @classmethod
   def for_model(cls, model_config, **kwargs) -> "SamplerConfig":
-    """Take mask/EOS/EOT ids from a model config (e.g. `LLaDAConfig`)."""
+    """Take mask/EOS/EOT ids and the vocabulary size from a model config (e.g. `LLaDAConfig`)."""
     ids = dict(mask_id=model_config.mask_token_id, eos_id=model_config.eos_token_id,
-               eot_id=model_config.eot_token_id)
+               eot_id=model_config.eot_token_id,
+               vocab_size=getattr(model_config, "vocab_size", None))
     ids.update(kwargs)
     return cls(**ids)
 
@@ -227,8 +273,8 @@ def _generate(forward_fn, params, prompt_BxP, prompt_mask_BxP, rng, config: Samp
           x_BxL, x0_BxL, score_BxL, run_conf_BxL, fill_BxL,
           jnp.broadcast_to(in_reach_L & generated_L, x_BxL.shape), remaining_S[i],
           int(remaining.max()), config.mask_id)
-    else:
-      eligible_BxL = masked_BxL & in_reach_L
+    else:  # like RCR, only the generated part is ever written (a prompt keeps its tokens)
+      eligible_BxL = masked_BxL & in_reach_L & generated_L
       new_x_BxL, _ = remask.commit_low_confidence(x_BxL, x0_BxL, score_BxL, eligible_BxL,
                                                   counts_S[i], int(counts.max()))
     committed_BxL = masked_BxL & (new_x_BxL != config.mask_id)
@@ -251,6 +297,12 @@ def generate(forward_fn: Callable, params, prompt_BxP, config: SamplerConfig, rn
   `return_trajectory=True` also a `Trajectory`. Rows may have different prompt lengths: left-pad
   and pass `prompt_mask` (1 = real token). Params and prompts may be sharded (e.g. batch over the
   data axes of a mesh); the output follows XLA's sharding propagation.
+
+  Concrete prompts are checked on the host first (`guards.check_prompts`, nothing is added to
+  the compiled program): every id must lie in [0, config.vocab_size) and no real prompt
+  position may hold the mask token (infilling a prompt is not supported), else a one-line
+  `ValueError` names the id, its row and position. Called under a trace (inside `jax.jit`) the
+  check is skipped; no remasking kind ever writes a prompt position.
   """
   if not isinstance(config, SamplerConfig):
     raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
@@ -259,11 +311,14 @@ def generate(forward_fn: Callable, params, prompt_BxP, config: SamplerConfig, rn
                      f"{getattr(prompt_BxP, 'shape', None)}")
   if not jnp.issubdtype(prompt_BxP.dtype, jnp.integer):
     raise ValueError(f"prompt_BxP must hold integer token ids, got dtype {prompt_BxP.dtype}")
-  if prompt_mask is None:
-    prompt_mask = jnp.ones(prompt_BxP.shape, jnp.int32)
-  elif tuple(prompt_mask.shape) != tuple(prompt_BxP.shape):
+  if prompt_mask is not None and tuple(prompt_mask.shape) != tuple(prompt_BxP.shape):
     raise ValueError(f"prompt_mask shape {tuple(prompt_mask.shape)} must equal prompt shape "
                      f"{tuple(prompt_BxP.shape)}")
-  tokens, trajectory = _generate_jit(static_callable(forward_fn), params, prompt_BxP, prompt_mask, rng,
-                                     config=config, return_trajectory=return_trajectory)
+  guards.check_prompts(prompt_BxP, prompt_mask, mask_id=config.mask_id,
+                       vocab_size=config.vocab_size)
+  if prompt_mask is None:
+    prompt_mask = jnp.ones(prompt_BxP.shape, jnp.int32)
+  tokens, trajectory = _generate_jit(static_callable(forward_fn), params, prompt_BxP,
+                                     prompt_mask, rng, config=config,
+                                     return_trajectory=return_trajectory)
   return (tokens, trajectory) if return_trajectory else tokens

@@ -25,6 +25,7 @@ from mdpo_jax import tasks
 from mdpo_jax.data import pipeline
 from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import llada
+from mdpo_jax.sampling import guards
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
 from mdpo_jax.training import setup
 
@@ -110,6 +111,11 @@ def evaluate(model_cfg: llada.LLaDAConfig, params, tokenizer, prompts_NxP: np.nd
   n = prompts_NxP.shape[0]
   if n != len(problems):
     raise ValueError(f"{n} prompts but {len(problems)} problems")
+  # Once over all prompts, so a bad id is reported by its problem's index (`generate` checks
+  # each padded batch again, at host cost only).
+  guards.check_prompts(prompts_NxP, prompt_mask_NxP, mask_id=model_cfg.mask_token_id,
+                       vocab_size=model_cfg.vocab_size, name="eval prompts",
+                       hint="row = the problem's index in the evaluated split")
   batch_size = min(batch_size, n)
   fwd = llada.forward_fn(model_cfg)
   stops = (model_cfg.eos_token_id, model_cfg.eot_token_id)

@@ -1,6 +1,6 @@
 """Metrics: JSONL always, TensorBoard event files (tensorboardX, no TensorFlow), W&B when asked.
 
-Only process 0 writes. Values are converted to Python floats on write, so callers pass device
+Only process 0 writes. `metrics.jsonl` is strict JSON: a NaN/Inf value is written as null. Values are converted to Python floats on write, so callers pass device
 scalars and the transfer happens once per logging interval, not per step.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,7 +46,9 @@ class MetricWriter:
     values = {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}
     if not self._active:
       return values
-    self._file.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+    strict = {k: v if math.isfinite(v) else None for k, v in values.items()}   # JSON has no NaN
+    self._file.write(json.dumps({"step": int(step), "time": time.time(), **strict},
+                                allow_nan=False) + "\n")
     self._file.flush()
     if self._tb is not None:
       for name, value in values.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
 import optax
 
 SCHEDULES = ("constant", "cosine", "linear")
@@ -37,8 +38,12 @@ def learning_rate_schedule(optim: Mapping[str, Any], num_steps: int) -> optax.Sc
 
 
 def make_optimizer(optim: Mapping[str, Any], num_steps: int) -> optax.GradientTransformation:
-  """clip_by_global_norm → AdamW(schedule). `optim` keys: lr, schedule, warmup_steps,
-  end_lr_ratio, b1, b2, eps, weight_decay, clip_norm (0 = no clipping)."""
+  """clip_by_global_norm → AdamW(schedule), inside `optax.apply_if_finite`. `optim` keys: lr,
+  schedule, warmup_steps, end_lr_ratio, b1, b2, eps, weight_decay, clip_norm (0 = no clipping).
+
+  A step whose gradient holds a NaN/Inf is skipped (params and moments unchanged) and counted in
+  the state (`skipped_in_a_row`); the loops stop the run after `optim.max_skipped_steps` in a
+  row. The wrapper itself never gives up (optax would apply the bad update after its limit)."""
   for key in ("b1", "b2"):
     if not 0 <= float(optim[key]) < 1:
       raise ValueError(f"optim.{key}={optim[key]!r}: must be in [0, 1)")
@@ -50,5 +55,13 @@ def make_optimizer(optim: Mapping[str, Any], num_steps: int) -> optax.GradientTr
   adamw = optax.adamw(schedule, b1=float(optim["b1"]), b2=float(optim["b2"]),
                       eps=float(optim["eps"]), weight_decay=float(optim["weight_decay"]))
   if float(optim["clip_norm"]) > 0:
-    return optax.chain(optax.clip_by_global_norm(float(optim["clip_norm"])), adamw)
-  return adamw
+    adamw = optax.chain(optax.clip_by_global_norm(float(optim["clip_norm"])), adamw)
+  return optax.apply_if_finite(adamw, max_consecutive_errors=_NEVER)
+
+
+_NEVER = 2**31 - 2   # optax's counter saturates at int32 max; the loops stop long before
+
+
+def skipped_in_a_row(opt_state) -> jax.Array:
+  """How many optimiser steps in a row, up to now, were skipped for a non-finite gradient."""
+  return opt_state.notfinite_count

@@ -50,7 +50,7 @@ def make_update(algorithm, run: run_lib.Run):
     grads, losses_m, aux_m = steps.mean_gradients(
         lambda p, mb, i: grad_fn(p, mb, base), state.params, steps.split_micro(rows, num_micro),
         num_micro)
-    state, out = steps.apply_gradients(state, grads, run.optimizer)
+    state, out = steps.apply_gradients(state, grads, run.optimizer, losses_m.mean())
     out = {"loss": losses_m.mean(), **out, **{k: jnp.mean(v) for k, v in aux_m.items()}}
     return state, out
 
@@ -131,7 +131,7 @@ class _Learner:
     for _ in range(rl.inner_iters):
       state, out = self.update_fn(state, rows, policy.base)
       outs.append(out)
-    out = jax.tree.map(lambda *xs: float(np.mean(xs)), *outs)
+    out = run_lib.window_mean(outs)
     groups = made.final_rewards.reshape(-1, rl.group_size)
     out.update({"reward/final_mean": float(made.final_rewards.mean()),
                 # groups whose rewards differ (binary: some right, some wrong): a learning signal
@@ -157,6 +157,8 @@ def rl_prompts(run: run_lib.Run):
   rl = run.config.rl
   problems = (run.task.train() if rl.prompt_source == "train"
               else run.task.fresh(rl.fresh_size, "rl.fresh_size"))
+  run.check_prompt_len(problems, "RL")
+  run.check_prompt_len(run.task.held_out()[: run.config.eval.num_problems], "held-out")
   logging.info("RL prompts: %d (rl.prompt_source=%s)", len(problems), rl.prompt_source)
   prompts, mask = pipeline.eval_prompts([run.task.prompt(p) for p in problems], run.tokenizer,
                                         prompt_len=run.config.data.prompt_len,
@@ -195,8 +197,8 @@ def _loop(run: run_lib.Run, learner: _Learner, state):
   while update < rl.num_updates and stop is None:
     state, out = learner.one_update(state, update, key)
     update += 1
-    run_lib.check_finite(out, update, "update")   # before the state can be saved
     logged = run.writer.write(update, out)
+    run_lib.check_skips(run, state, update, "update")
     history.append(logged)
     bar.update(1)
     bar.set_postfix(reward=f"{logged['reward/final_mean']:.3f}")

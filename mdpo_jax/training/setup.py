@@ -7,11 +7,15 @@ way it was trained.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import string
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mdpo_jax import config as config_lib
 from mdpo_jax import parallel
@@ -102,11 +106,50 @@ def load_model(config, tokenizer, mesh, rng: jax.Array, *,
                      "diffu_grpo; evaluate reads any run's checkpoint)")
   if m.hf_checkpoint:
     overrides = {k: getattr(m, k) for k in ("remat", "scan_layers", "honor_padding")}
-    return hf.load_pretrained(m.hf_checkpoint, mesh=mesh, rules=rules(config), **overrides)
+    return hf.load_pretrained(m.hf_checkpoint, mesh=mesh, rules=rules(config),
+                              tokenizer=_tokenizer_source(config, tokenizer), **overrides)
   cfg = model_config(config, tokenizer)
   if m.init_checkpoint:
     return cfg, load_run_params(m.init_checkpoint, cfg, mesh, rules=rules(config))
   return cfg, llada.init_sharded_params(cfg, rng, mesh, rules(config))
+
+
+def _tokenizer_source(config, tokenizer):
+  """What `hf.load_pretrained` checks the run's tokenizer by: its tokenizer.json path (errors
+  then name the file), the object itself for the character tokenizer, or None (the checkpoint's
+  own tokenizer.json)."""
+  source = config.data.tokenizer
+  if source == "char":
+    return tokenizer
+  return source or None
+
+
+@functools.lru_cache(maxsize=None)
+def _finite_fn(mesh):
+  """One jitted reduction over a params tree: per leaf, "all finite" (per layer for the stacked
+  leaves under "blocks"), replicated so every process can read it."""
+
+  def leaf(path, x):
+    stacked = x.ndim > 1 and any(getattr(k, "key", None) == "blocks" for k in path)
+    return jnp.isfinite(x).all(axis=tuple(range(1, x.ndim)) if stacked else None)
+
+  return jax.jit(lambda tree: jax.tree_util.tree_map_with_path(leaf, tree),
+                 out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+def warn_nonfinite(tree, mesh, where: str, prefix: str = "params") -> list[str]:
+  """`logging.warning` naming every leaf of `tree` (on `mesh`) that holds NaN/Inf, with the
+  layers for stacked leaves; returns those names. Costs one fused reduction on the devices."""
+  bad = []
+  for path, ok in jax.tree_util.tree_leaves_with_path(_finite_fn(mesh)(tree)):
+    ok = np.asarray(ok.addressable_data(0))
+    name = prefix + jax.tree_util.keystr(path)
+    if not ok.all():
+      bad.append(name if ok.ndim == 0 else f"{name} (layers {np.flatnonzero(~ok).tolist()})")
+  if bad:
+    logging.warning("%s: %d parameter(s) hold NaN/Inf values: %s", where, len(bad),
+                    ", ".join(bad))
+  return bad
 
 
 def load_run_params(directory, model_cfg: llada.LLaDAConfig, mesh, *,
@@ -127,6 +170,7 @@ def load_run_params(directory, model_cfg: llada.LLaDAConfig, mesh, *,
   if run_lora is None:
     params, _, step = checkpoint.restore_params(directory, abstract, step)
     logging.info("params from %s (step %d)", directory, step)
+    warn_nonfinite(params, mesh, f"{field}={directory} (step {step})")
     return params
   run = config_lib.saved(saved)
   run_cfg, base = load_model(run, make_tokenizer(run), mesh, jax.random.key(run.seed),
@@ -141,6 +185,8 @@ def load_run_params(directory, model_cfg: llada.LLaDAConfig, mesh, *,
   adapters, _, _ = checkpoint.restore_params(
       directory, _abstract(lora.abstract_adapters(run_cfg, run_lora),
                            lora.adapter_shardings(run_cfg, run_lora, mesh, rules)), step)
+  # The base was checked by its own loader (or is a fresh init).
+  warn_nonfinite(adapters, mesh, f"{field}={directory} (step {step})", prefix="adapters")
   dtypes = jax.tree.map(lambda a: a.dtype, abstract)
   merge = jax.jit(lambda b, a: jax.tree.map(lambda x, dt: x.astype(dt),
                                             lora.merge(run_lora, b, a), dtypes),

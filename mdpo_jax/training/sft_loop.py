@@ -54,7 +54,7 @@ def make_train_step(trainer: str, policy: Policy, optimizer, schedule, *, accum:
           micro_grad, state.params, steps.split_micro(batch, accum), accum)
       loss_value, aux = losses_m.mean(), jax.tree.map(jnp.mean, aux_m)
     out = {"loss": loss_value, "lr": schedule(state.step)}
-    state, norms = steps.apply_gradients(state, grads, optimizer)
+    state, norms = steps.apply_gradients(state, grads, optimizer, loss_value)
     out.update(norms)
     out.update({k: v for k, v in aux.items() if k in _LOGGED_AUX})
     return state, out
@@ -120,6 +120,7 @@ def train(config, workdir: str | Path) -> dict:
   try:
     cfg = run.config
     train_problems, held_out = _problems(run)
+    run.check_prompt_len(held_out[: cfg.eval.num_problems], "held-out")
     data_iter = iter(build_dataset(run, train_problems))
     state = run.restore(state, data_iter)
     step_fn = jax.jit(make_train_step(cfg.trainer, run.policy, run.optimizer, run.schedule,
@@ -150,14 +151,12 @@ def _loop(run: run_lib.Run, state, step_fn, data_iter, held_out):
     bar.update(1)
     stop = run.stop_reason()
     if step % cfg.log_every == 0 or step == num_steps or stop:
-      mean = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *history)
-      run_lib.check_finite(mean, step)   # a NaN in any step of the window makes the mean NaN
-      last = run.writer.write(step, mean)
+      last = run.writer.write(step, run_lib.window_mean(history))
       history = []
       bar.set_postfix(loss=f"{last['loss']:.4f}")
+      run_lib.check_skips(run, state, step)
     if step % cfg.checkpoint_every == 0 or step == num_steps or stop:
-      if history:   # steps since the last log: checked before their state is saved
-        run_lib.check_finite(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *history), step)
+      run_lib.check_skips(run, state, step)
       run.save(step, state, data_iter)
     if cfg.eval_every and step % cfg.eval_every == 0 and step != num_steps and held_out:
       run.log_eval(step, run.evaluate(run.policy.merged(state.params), held_out))

@@ -36,11 +36,15 @@ def mean_gradients(grad_fn: Callable, params, micro_batches, num_micro: int):
   return jax.tree.map(lambda g: g / num_micro, grads), losses, aux
 
 
-def apply_gradients(state: state_lib.TrainState, grads, optimizer: optax.GradientTransformation
-                    ) -> tuple[state_lib.TrainState, dict[str, Any]]:
-  """One optimiser update; returns the new state and the gradient norm (before clipping)."""
+def apply_gradients(state: state_lib.TrainState, grads, optimizer: optax.GradientTransformation,
+                    loss: jax.Array) -> tuple[state_lib.TrainState, dict[str, Any]]:
+  """One optimiser update; returns the new state, the gradient norm (before clipping) and
+  `skipped` (1.0 when the loss or a gradient was NaN/Inf and the optimiser kept the old state:
+  `optim.make_optimizer`'s wrapper sees the non-finite loss as a non-finite gradient)."""
+  grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                       opt_state=opt_state)
   grads_f32 = jax.tree.map(lambda g: g.astype(jnp.float32), grads)   # bf16 grads: norm in f32
-  return new, {"grad_norm": optax.tree.norm(grads_f32)}
+  return new, {"grad_norm": optax.tree.norm(grads_f32),
+               "skipped": 1.0 - opt_state.last_finite.astype(jnp.float32)}
