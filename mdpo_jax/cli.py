@@ -72,9 +72,18 @@ def _parse_flags(argv: Sequence[str]):
     fail(_flag_error(e, argv))
 
 
+def _quiet_libraries() -> None:
+  """Library INFO chatter (orbax's checkpoint manager, JAX's backend probing) off unless
+  `--verbosity` is given: what a run logs by default is its own progress."""
+  if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
+    for name in ("absl", "jax", "orbax", "tensorboardX"):
+      logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   """`main` with user errors and run failures turned into one line and an exit status."""
   def wrapped(argv):
+    _quiet_libraries()
     if len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])} (every option is a --flag)")
     try:

@@ -34,7 +34,7 @@ def main(argv):
   parallel.initialize_distributed()
   raw = cli.config_value(_CONFIG)
   config = config_lib.parse(raw)   # every check, before anything is built
-  logging.info("config:\n%s", raw)
+  logging.debug("config:\n%s", raw)   # saved with every checkpoint; -v 1 prints it
   loop = rl_loop if config.is_rl else sft_loop
   result = loop.train(config, _WORKDIR.value)
   if result.get("stopped") == "preempted":   # a clean stop: status 0, one line

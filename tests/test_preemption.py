@@ -48,6 +48,7 @@ def _start(config_path, workdir):
   env = dict(os.environ)
   env["JAX_COMPILATION_CACHE_DIR"] = os.environ.get("MDPO_JAX_TEST_COMPILE_CACHE", "")
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"   # as conftest: same programs, cache hits
   return subprocess.Popen([sys.executable, "-m", "mdpo_jax.train", "--config", str(config_path),
                            "--workdir", str(workdir)], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)

@@ -108,6 +108,13 @@ def test_training_cli_user_errors_are_one_line(tmp_path):
                             "(made if missing)"),
       "no workdir": (["--config", "configs/base.py"],
                      "flag --workdir=None: Flag --workdir must have a value other than None."),
+      "no init checkpoint": ([*ok, f"--config.model.init_checkpoint={tmp_path / 'none'}"],
+                             f"model.init_checkpoint={tmp_path / 'none'}: no checkpoint folder "
+                             f"{tmp_path / 'none'}; allowed: a run's WORKDIR/checkpoints folder"),
+      "no tokenizer": ([*ok, f"--config.data.tokenizer={tmp_path / 'none.json'}"],
+                       f"data.tokenizer={tmp_path / 'none.json'}: no tokenizer.json at "
+                       f"{tmp_path / 'none.json'}: a fast-tokenizer file is required (LLaDA "
+                       "checkpoints ship one; slow tokenizers are not supported)"),
       "positional": ([*ok, "extra"], "unexpected arguments: extra (every option is a --flag)"),
       "prompt_len": ([*ok, "--config.data.prompt_len=8", "--config.optim.warmup_steps=0",
                       "--config.train.num_steps=1", "--config.logging.tensorboard=False"],

@@ -185,13 +185,22 @@ def abstract_like(tree) -> Any:
       tree)
 
 
+def _existing(directory: str | Path) -> Path:
+  """`directory` as an absolute path; FileNotFoundError if it is not a folder (orbax would
+  create it, so a mistyped path would read as an empty run)."""
+  directory = Path(directory).absolute()
+  if not directory.is_dir():
+    raise FileNotFoundError(f"no checkpoint folder {directory}")
+  return directory
+
+
 def restore_params(directory: str | Path, abstract_params, step: int | None = None):
   """Only the parameters of a run's checkpoint (e.g. an SFT run to start RL or evaluation from).
 
   `directory` is a run's checkpoint folder (WORKDIR/checkpoints); the rest of the saved state
   (optimiser, data position) is not read.
   """
-  directory = Path(directory).absolute()
+  directory = _existing(directory)
   manager = ocp.CheckpointManager(directory, item_handlers={
       "state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler()})
   step = manager.latest_step() if step is None else step
@@ -213,7 +222,7 @@ def saved_config(directory: str | Path, step: int | None = None) -> tuple[dict, 
   """(config, step): the resolved config a run saved with its checkpoint at `step` (the latest
   when None), {} if that checkpoint has none. Reads nothing else, so a caller can decide how to
   read the params (full weights, or a LoRA run's adapters) before touching them."""
-  directory = Path(directory).absolute()
+  directory = _existing(directory)
   manager = ocp.CheckpointManager(directory, item_handlers={"config": ocp.JsonCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   if step is None:

@@ -46,7 +46,10 @@ def make_tokenizer(config):
     if not config.model.hf_checkpoint:
       raise ValueError('data.tokenizer="" needs model.hf_checkpoint (its tokenizer.json)')
     return hf.load_tokenizer(config.model.hf_checkpoint)
-  return hf.load_tokenizer(config.data.tokenizer)
+  try:
+    return hf.load_tokenizer(config.data.tokenizer)
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f"data.tokenizer={config.data.tokenizer}: {e}") from e
 
 
 def model_config(config, tokenizer) -> llada.LLaDAConfig:
@@ -106,11 +109,18 @@ def load_model(config, tokenizer, mesh, rng: jax.Array, *,
                      "diffu_grpo; evaluate reads any run's checkpoint)")
   if m.hf_checkpoint:
     overrides = {k: getattr(m, k) for k in ("remat", "scan_layers", "honor_padding")}
-    return hf.load_pretrained(m.hf_checkpoint, mesh=mesh, rules=rules(config),
-                              tokenizer=_tokenizer_source(config, tokenizer), **overrides)
+    try:
+      return hf.load_pretrained(m.hf_checkpoint, mesh=mesh, rules=rules(config),
+                                tokenizer=_tokenizer_source(config, tokenizer), **overrides)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"model.hf_checkpoint={m.hf_checkpoint}: {e}") from e
   cfg = model_config(config, tokenizer)
   if m.init_checkpoint:
-    return cfg, load_run_params(m.init_checkpoint, cfg, mesh, rules=rules(config))
+    try:
+      return cfg, load_run_params(m.init_checkpoint, cfg, mesh, rules=rules(config))
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"model.init_checkpoint={m.init_checkpoint}: {e}; allowed: a "
+                              "run's WORKDIR/checkpoints folder") from e
   return cfg, llada.init_sharded_params(cfg, rng, mesh, rules(config))
 
 
