@@ -95,7 +95,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.grad_accum_steps = 1  # micro-batches per optimiser step (batch_size must divide)
   c.optim.mask_eps = 1e-3      # masking probability floor p = (1-eps)·t + eps
   c.optim.max_skipped_steps = 3  # a NaN/Inf loss or gradient skips the step; this many in a row
-                                 # stop the run (exit status 1; the checkpoints stay finite)
+                                 # stop the run (exit status 1; the checkpoints stay finite;
+                                 # checked at every log line and checkpoint, every RL update)
 
   # ---- loop --------------------------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
