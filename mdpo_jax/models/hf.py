@@ -164,17 +164,21 @@ class _TokenizerFacts:
   ids: Mapping[str, int]
 
 
-def _tokenizer_facts(tokenizer: Any) -> _TokenizerFacts:
-  """Facts of a `tokenizers.Tokenizer`, or of the tokenizer.json at a path (file or folder)."""
+def _tokenizer_facts(tokenizer: Any, tokens: Mapping[str, str] = LLADA_SPECIAL_TOKENS,
+                     load: Callable[[Path], Any] | None = None) -> _TokenizerFacts:
+  """Facts of a `tokenizers.Tokenizer`, or of the tokenizer.json at a path (file or folder).
+
+  `tokens` maps config id keys to the special-token strings to look up (a family's table);
+  `load` reads a path (default `load_tokenizer`)."""
   if isinstance(tokenizer, (str, os.PathLike)):
     p = Path(tokenizer)
     label = f"tokenizer {p / TOKENIZER_FILE if p.is_dir() else p}"
-    tokenizer = load_tokenizer(p)
+    tokenizer = (load or load_tokenizer)(p)
   else:
     label = "the given tokenizer object"
   vocab = tokenizer.get_vocab(with_added_tokens=True)
   size = max(vocab.values(), default=-1) + 1
-  ids = {key: int(vocab[token]) for key, token in LLADA_SPECIAL_TOKENS.items() if token in vocab}
+  ids = {key: int(vocab[token]) for key, token in tokens.items() if token in vocab}
   return _TokenizerFacts(label, size, ids)
 
 
@@ -188,7 +192,9 @@ def _check_vocab(tok: _TokenizerFacts | None, rows: int, where: str) -> None:
 
 
 def _special_ids(hf: Mapping[str, Any], rows: int, tok: _TokenizerFacts | None,
-                 where: str) -> dict[str, int]:
+                 where: str, *, defaults: Any = None,
+                 tokens: Mapping[str, str] = LLADA_SPECIAL_TOKENS,
+                 family: str = "LLaDA") -> dict[str, int]:
   """The five special ids: config.json, else the tokenizer's token, else the LLaDA default.
 
   An id that config.json sets must lie in [0, rows). A null/absent one takes the tokenizer's id
@@ -198,8 +204,9 @@ def _special_ids(hf: Mapping[str, Any], rows: int, tok: _TokenizerFacts | None,
   EOS), so a missing one is an error naming the key and both files; bos and eot fall back to
   eos with a warning (bos is not read by any computation; eot = eos only makes decoding stop at
   EOS, and the chat template checks its tokens in the tokenizer itself, see `encode_chat`).
+  Another family passes its config `defaults`, token table and name (see `hf_dream`).
   """
-  defaults = llada.LLaDAConfig()
+  defaults = llada.LLaDAConfig() if defaults is None else defaults
   ids: dict[str, int] = {}
   stand_ins = []
   for name in ("mask_token_id", "eos_token_id", "bos_token_id", "eot_token_id", "pad_token_id"):
@@ -216,11 +223,11 @@ def _special_ids(hf: Mapping[str, Any], rows: int, tok: _TokenizerFacts | None,
     elif getattr(defaults, name) < rows:
       ids[name] = getattr(defaults, name)
     else:
-      token = LLADA_SPECIAL_TOKENS[name]
+      token = tokens[name]
       looked = (f"{tok.label} has no {token!r} token" if tok is not None
                 else f"no {TOKENIZER_FILE} was given to look up {token!r} in")
       why = (f"{where}: {name} is {'null' if name in hf else 'absent'}, {looked}, and the "
-             f"LLaDA default {getattr(defaults, name)} is outside the vocabulary [0, {rows})")
+             f"{family} default {getattr(defaults, name)} is outside the vocabulary [0, {rows})")
       if name in ("mask_token_id", "eos_token_id"):
         raise ValueError(f"{why}; set {name} in {where} (the sampler, losses and decoding need "
                          "it)")
@@ -408,9 +415,10 @@ class _Entry:
   perm: tuple[int, ...]
   groups: tuple[tuple[int, ...], ...]
   stacked: bool
+  prefix: str = HF_PREFIX  # prepended to `template` (another family's names carry their own)
 
   def hf_name(self, layer: int | None = None) -> str:
-    return HF_PREFIX + (self.template.format(i=layer) if self.stacked else self.template)
+    return self.prefix + (self.template.format(i=layer) if self.stacked else self.template)
 
   @property
   def layer_shape(self) -> tuple[int, ...]:
@@ -566,8 +574,11 @@ def _checkpoint_dtype(ckpt: _Checkpoint, names: Iterable[str], declared: Any) ->
                    "load_pretrained")
 
 
-def _validate_tensors(ckpt: _Checkpoint, entries: list[_Entry], config: llada.LLaDAConfig) -> None:
-  """Missing, unexpected, wrong-shape and non-float tensors, each error naming the tensor."""
+def _validate_tensors(ckpt: _Checkpoint, entries: list[_Entry], config: llada.LLaDAConfig, *,
+                      tied_alias: str = HF_PREFIX + "ff_out.weight", family: str = "LLaDA") -> None:
+  """Missing, unexpected, wrong-shape and non-float tensors, each error naming the tensor.
+
+  `tied_alias`: the LM head's name, ignored when the config ties it to the embedding."""
   expected: dict[str, tuple[int, ...]] = {}
   for entry in entries:
     layers = range(config.n_layers) if entry.stacked else [None]
@@ -580,13 +591,13 @@ def _validate_tensors(ckpt: _Checkpoint, entries: list[_Entry], config: llada.LL
     raise CheckpointError(f"checkpoint {ckpt.folder} is missing tensor(s) {shown}{more}")
   ignorable = set()
   if config.tie_embeddings:  # A tied model's head is the embedding; a saved alias is redundant.
-    ignorable.add(HF_PREFIX + "ff_out.weight")
+    ignorable.add(tied_alias)
   unexpected = sorted(n for n in ckpt.tensors if n not in expected and n not in ignorable)
   if unexpected:
     shown = ", ".join(repr(n) for n in unexpected[:5])
     more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
     raise CheckpointError(f"checkpoint {ckpt.folder} has unexpected tensor(s) {shown}{more} "
-                          "that this LLaDA config does not use")
+                          f"that this {family} config does not use")
   for name, shape in expected.items():
     file, tag, got = ckpt.tensors[name]
     if got != shape:
@@ -689,14 +700,17 @@ def _set_layer_fn(sharding: jax.sharding.Sharding) -> Callable:
 
 
 def _load_params(ckpt: _Checkpoint, entries: Sequence[_Entry], config: llada.LLaDAConfig,
-                 mesh: jax.sharding.Mesh | None, rules: Sequence[tuple[str, Any]]) -> dict:
-  """Stream every tensor of `ckpt` into (sharded) device arrays; warn about NaN/Inf ones."""
+                 mesh: jax.sharding.Mesh | None, rules: Sequence[tuple[str, Any]], *,
+                 model: Any = llada) -> dict:
+  """Stream every tensor of `ckpt` into (sharded) device arrays; warn about NaN/Inf ones.
+
+  `model`: the family's module (its `abstract_params` and `param_shardings`)."""
   target = np.dtype(config.param_dtype)
   if mesh is None:
     device = SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: device, llada.abstract_params(config))
+    shardings = jax.tree.map(lambda _: device, model.abstract_params(config))
   else:
-    shardings = llada.param_shardings(config, mesh, rules)
+    shardings = model.param_shardings(config, mesh, rules)
   params: dict = {}
   nonfinite: dict[str, str] = {}
   for entry in entries:
@@ -817,9 +831,12 @@ class _Item:
     return math.prod(self.shape) * _ST_TO_NP[self.tag].itemsize
 
 
-def _items(config: llada.LLaDAConfig, params: Mapping[str, Any]) -> list[_Item]:
-  """The HF tensors of `params` in checkpoint order, each fetched lazily in HF layout."""
-  abstract = llada.abstract_params(config)
+def _items(config: llada.LLaDAConfig, params: Mapping[str, Any], *, model: Any = llada,
+           layout: Callable[[Any], list[_Entry]] | None = None) -> list[_Item]:
+  """The HF tensors of `params` in checkpoint order, each fetched lazily in HF layout.
+
+  `model`/`layout`: the family's module (`abstract_params`) and name table (default LLaDA's)."""
+  abstract = model.abstract_params(config)
   want = {jax.tree_util.keystr(p): a for p, a in jax.tree_util.tree_leaves_with_path(abstract)}
   try:
     got = {jax.tree_util.keystr(p): a for p, a in jax.tree_util.tree_leaves_with_path(params)}
@@ -837,7 +854,7 @@ def _items(config: llada.LLaDAConfig, params: Mapping[str, Any]) -> list[_Item]:
       raise ValueError(f"params{key}: dtype {name} cannot be saved; allowed {sorted(_NP_TO_ST)}")
 
   items = []
-  for entry in _layout(config):
+  for entry in (layout or _layout)(config):
     leaf = _get_path(params, entry.path)
     tag = _NP_TO_ST[np.dtype(leaf.dtype).name]
     inverse = tuple(int(a) for a in np.argsort(entry.perm))
@@ -952,11 +969,16 @@ def save_pretrained(path: PathLike, config: llada.LLaDAConfig, params: Mapping[s
     The checkpoint folder.
   """
   folder, extra = _check_save_args(path, max_shard_bytes, overwrite, extra_files)
+  return _write_checkpoint(folder, _items(config, params), config_to_hf(config),
+                           max_shard_bytes, extra)
 
-  items = _items(config, params)
+
+def _write_checkpoint(folder: Path, items: Sequence[_Item], hf_config: dict,
+                      max_shard_bytes: int | None, extra: Sequence[Path]) -> Path:
+  """`save_pretrained`'s writing, for any family: shards, config.json and extra files, assembled
+  under a temporary name beside `folder` and renamed into place (other hosts only gather)."""
   shards = _plan_shards(items, max_shard_bytes)
   writer = jax.process_index() == 0
-  hf_config = config_to_hf(config)
   tags = {item.tag for item in items}
   if len(tags) == 1:  # Declare what is actually stored.
     hf_config["torch_dtype"] = _ST_TO_NP[tags.pop()].name
