@@ -113,6 +113,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- evaluation ----------------------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
+  c.eval.sampler = "llada"      # llada (steps × remasking below) | fhs (first-hitting: one token
+                               # per model call, gen_length calls; steps/remasking do not apply)
   c.eval.num_problems = 500    # held-out problems evaluated (≤ task.eval_size)
   c.eval.batch_size = 250
   c.eval.gen_length = 48       # generated tokens (answer + EOS)

@@ -28,7 +28,7 @@ from mdpo_jax import parallel
 from mdpo_jax import tasks as tasks_lib
 from mdpo_jax.models import llada, lora
 from mdpo_jax.rl import algorithms
-from mdpo_jax.sampling import sampler
+from mdpo_jax.sampling import fhs, sampler
 from mdpo_jax.training import optim as optim_lib
 
 SUPERVISED_TRAINERS = ("pretrain", "sft")
@@ -198,6 +198,7 @@ class TrainConfig(_Section):
 
 @_frozen
 class EvalConfig(_Section):
+  sampler: str
   num_problems: int
   batch_size: int
   gen_length: int
@@ -446,6 +447,7 @@ _RULES: dict[str, dict[str, Rule]] = {
     "eval": {
         **{k: _POSITIVE for k in ("num_problems", "batch_size", "gen_length", "block_length")},
         "remasking": _each_in(sampler.REMASKING), "temperature": _NON_NEGATIVE,
+        "sampler": _one_of(fhs.SAMPLERS),
     },
     "rl": {   # applied for RL trainers only
         **{k: _POSITIVE for k in ("num_updates", "prompts_per_update", "top_k", "inner_iters",
@@ -553,8 +555,9 @@ def _check_resume_allow(c: RunConfig) -> None:
 def _check_eval(c: RunConfig) -> None:
   """Every (steps × remasking) setting is a valid sampler: fails in seconds, not after training."""
   ev = c.eval
-  for steps in ev.steps:
-    for remasking in ev.remasking:
+  first_hitting = ev.sampler == "fhs"   # one token per call: steps/remasking do not apply
+  for steps in (ev.gen_length,) if first_hitting else ev.steps:
+    for remasking in ("random",) if first_hitting else ev.remasking:
       try:
         sampler.SamplerConfig(gen_length=ev.gen_length, block_length=ev.block_length,
                               steps=steps, remasking=remasking, temperature=ev.temperature)

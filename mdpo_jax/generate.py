@@ -3,6 +3,12 @@ r"""Generate an answer from a Hugging Face LLaDA folder with the jitted scan sam
   python -m mdpo_jax.generate --checkpoint /path/to/LLaDA-8B-Instruct \
       --prompt "What is 12 * 7?" --gen_length 128 --block_length 32 --steps 64 --remasking rcr
 
+  python -m mdpo_jax.generate --checkpoint ... --prompt "..." --sampler fhs --temperature 1
+
+--sampler fhs is the first-hitting sampler (`sampling/fhs.py`): one uniformly chosen masked
+position per network call, gen_length calls, an exact sample of the model (--steps and
+--remasking do not apply).
+
 The folder must hold config.json, the safetensors weights and tokenizer.json. The prompt is
 wrapped in the LLaDA-Instruct chat template (pass --nochat for raw text). With --show_steps the
 whole trajectory is printed: per step the state before the step (masks as `_`) and, at the
@@ -26,13 +32,16 @@ from mdpo_jax import cli, parallel
 from mdpo_jax.data import pipeline
 from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import hf, llada
-from mdpo_jax.sampling import guards, sampler
+from mdpo_jax.sampling import fhs, guards, sampler
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Hugging Face LLaDA folder.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt text; repeat for a batch.")
 _CHAT = flags.DEFINE_boolean("chat", True, "Wrap the prompt in the LLaDA-Instruct chat template.")
 _GEN = flags.DEFINE_integer("gen_length", 128, "Tokens to generate.")
 _BLOCK = flags.DEFINE_integer("block_length", 32, "Semi-autoregressive block length.")
+_SAMPLER = flags.DEFINE_enum(
+    "sampler", "llada", list(fhs.SAMPLERS), "llada: the scan sampler (--steps, --remasking); "
+    "fhs: first-hitting, one token per network call (gen_length calls; exact).")
 _STEPS = flags.DEFINE_integer("steps", 128, "Denoising steps (network calls).")
 _TEMP = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = argmax).")
 _REMASK = flags.DEFINE_enum("remasking", "low_confidence", list(sampler.REMASKING),
@@ -71,7 +80,8 @@ def render_state(tokenizer, ids, mask_id: int) -> str:
 
 
 def _sampler_settings() -> dict:
-  return dict(gen_length=_GEN.value, block_length=_BLOCK.value, steps=_STEPS.value,
+  steps = _GEN.value if _SAMPLER.value == "fhs" else _STEPS.value   # FHS: one call per token
+  return dict(gen_length=_GEN.value, block_length=_BLOCK.value, steps=steps,
               temperature=_TEMP.value, remasking=_REMASK.value, confidence_from=_CONF.value,
               cfg_scale=_CFG.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
               schedule=_SCHEDULE.value, eos_logit_neg_inf=_EOS_LOGIT.value,
@@ -128,9 +138,9 @@ def main(argv):
                          "= the token's index after left padding")
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  out, traj = sampler.generate(llada.forward_fn(config), params, tokens, sc,
-                               jax.random.key(_SEED.value), prompt_mask=mask,
-                               return_trajectory=True)
+  sample = fhs.generate if _SAMPLER.value == "fhs" else sampler.generate
+  out, traj = sample(llada.forward_fn(config), params, tokens, sc, jax.random.key(_SEED.value),
+                     prompt_mask=mask, return_trajectory=True)
   _print_answers(tokenizer, config, sc, tokens.shape[1], np.asarray(out), traj)
 
 

@@ -42,6 +42,7 @@ CONFIG_CASES = [   # (key, value, exact message)
     ("task.number_min", -5, "task.number_min=-5: allowed an integer in 0..999999"),
     ("task.answer_style", "xml", "task.answer_style='xml': allowed ('expression', 'steps')"),
     ("eval.temperature", math.inf, "eval.temperature=inf: must be a finite number"),
+    ("eval.sampler", "ar", "eval.sampler='ar': allowed ('llada', 'fhs')"),
     ("seed", -1, "seed=-1: must be ≥ 0"),
     ("trainer", "ppo", "trainer='ppo': allowed ('pretrain', 'sft', 'mdpo', 'diffu_grpo')"),
     ("rl.reward_timeout_s", 0.0, "rl.reward_timeout_s=0.0: must be > 0"),

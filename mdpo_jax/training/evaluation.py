@@ -25,7 +25,7 @@ from mdpo_jax import tasks
 from mdpo_jax.data import pipeline
 from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import llada
-from mdpo_jax.sampling import guards
+from mdpo_jax.sampling import fhs, guards
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
 from mdpo_jax.training import setup
 
@@ -42,17 +42,29 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
+  """sampler "llada": the scan sampler with `steps` and `remasking`; "fhs": the first-hitting
+  sampler (one token per call, gen_length calls: `steps` and `remasking` do not apply)."""
   steps: int
   remasking: str
   temperature: float = 0.0
+  sampler: str = "llada"
+
+  def __post_init__(self):
+    if self.sampler not in fhs.SAMPLERS:
+      raise ValueError(f"Setting.sampler={self.sampler!r}: allowed one of {fhs.SAMPLERS}")
 
   @property
   def name(self) -> str:
+    if self.sampler == "fhs":
+      return f"fhs/T={self.temperature:g}"
     return f"{self.remasking}/steps={self.steps}/T={self.temperature:g}"
 
 
 def settings_from_config(ev) -> list[Setting]:
-  """One setting per (eval.steps × eval.remasking) entry, at eval.temperature."""
+  """One setting per (eval.steps × eval.remasking) entry, at eval.temperature; with
+  eval.sampler = "fhs" the one first-hitting setting instead."""
+  if ev.sampler == "fhs":
+    return [Setting(int(ev.gen_length), "random", float(ev.temperature), "fhs")]
   return [Setting(int(s), r, float(ev.temperature)) for s in ev.steps for r in ev.remasking]
 
 
@@ -122,18 +134,19 @@ def evaluate(model_cfg: llada.LLaDAConfig, params, tokenizer, prompts_NxP: np.nd
   p = prompts_NxP.shape[1]
   rows = []
   for setting in settings:
+    first_hitting = setting.sampler == "fhs"
     sc = SamplerConfig.for_model(model_cfg, gen_length=gen_length, block_length=block_length,
-                                 steps=setting.steps, remasking=setting.remasking,
-                                 temperature=setting.temperature)
+                                 steps=gen_length if first_hitting else setting.steps,
+                                 remasking=setting.remasking, temperature=setting.temperature)
+    sample = fhs.generate if first_hitting else generate
     final, any_mid, wrong_but_mid = [], [], []
     batches = range(0, n, batch_size)
     for start in tqdm(batches, desc=f"eval {setting.name}", disable=not progress, leave=False):
       sl = slice(start, start + batch_size)
       real = len(problems[sl])
       rows_B = np.minimum(np.arange(start, start + batch_size), start + real - 1)
-      out = generate(fwd, params, prompts_NxP[rows_B], sc, jax.random.key(seed + start),
-                     prompt_mask=prompt_mask_NxP[rows_B],
-                     return_trajectory=trajectory_stats)
+      out = sample(fwd, params, prompts_NxP[rows_B], sc, jax.random.key(seed + start),
+                   prompt_mask=prompt_mask_NxP[rows_B], return_trajectory=trajectory_stats)
       tokens, traj = out if trajectory_stats else (out, None)
       tokens = np.asarray(tokens)[:real]
       answers = decode_completions(tokenizer, tokens[:, p:], stops)
@@ -150,8 +163,9 @@ def evaluate(model_cfg: llada.LLaDAConfig, params, tokenizer, prompts_NxP: np.nd
     rewards = np.concatenate(final)
     k = int((rewards >= 1).sum())   # solved outright (binary tasks: reward 1)
     lo, hi = wilson_interval(k, n)
-    row = {"setting": setting.name, "steps": setting.steps, "remasking": setting.remasking,
-           "temperature": setting.temperature, "tokens_per_step": gen_length / setting.steps,
+    row = {"setting": setting.name, "steps": sc.steps, "sampler": setting.sampler,
+           "remasking": "fhs" if first_hitting else setting.remasking,
+           "temperature": setting.temperature, "tokens_per_step": gen_length / sc.steps,
            "n": n, "accuracy": k / n, "ci_low": lo, "ci_high": hi,
            "mean_reward": float(rewards.mean())}
     if trajectory_stats:
