@@ -199,6 +199,9 @@ def initialize_distributed() -> None:
                                              "OMPI_COMM_WORLD_SIZE"))
   if not explicit and not on_cluster:
     return
+  # CPU collectives across processes (a CPU-only cluster, or the multi-process test on one
+  # machine) need gloo; accelerator collectives are unaffected by this setting.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if explicit:
     jax.distributed.initialize(
         coordinator_address=explicit,

@@ -356,6 +356,28 @@ def test_sft_process_shards_are_disjoint_and_complete(tok):
                          process_index=2, process_count=2)
 
 
+def test_sft_global_batches_do_not_depend_on_the_process_count(tok):
+  """Two processes' local batches of b rows, side by side, are the single-process batches of 2b
+  rows (across epoch boundaries too), and stay so after a restored iterator state."""
+  examples = make_examples(13)
+  one = iter(pipeline.sft_dataset(examples, tok, seq_len=24, eos_id=EOS, seed=3, batch_size=4,
+                                  process_index=0, process_count=1))
+  two = [iter(pipeline.sft_dataset(examples, tok, seq_len=24, eos_id=EOS, seed=3, batch_size=2,
+                                   process_index=p, process_count=2)) for p in (0, 1)]
+  for step in range(10):   # 40 rows: three epochs of 13
+    if step == 5:          # resume both processes from their saved positions
+      states = [it.get_state() for it in two]
+      two = [iter(pipeline.sft_dataset(examples, tok, seq_len=24, eos_id=EOS, seed=3,
+                                       batch_size=2, process_index=p, process_count=2))
+             for p in (0, 1)]
+      for it, state in zip(two, states):
+        it.set_state(state)
+    want = next(one)
+    parts = [next(it) for it in two]
+    for key in ("tokens", "prompt_mask"):
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want[key])
+
+
 def test_pretrain_process_shards_are_disjoint_and_complete(tok):
   docs = make_docs(20)
   for proc in range(2):

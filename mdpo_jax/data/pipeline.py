@@ -16,15 +16,19 @@ document followed by one EOS, in (shuffled) document order, without padding
 (`diffusion.losses.pretrain_loss(tokens)`). Documents span row and batch boundaries. With a finite
 `num_epochs`, the last partial row (fewer than L tokens) and partial batch are dropped.
 
-Sharding by JAX process: process i of n keeps the source records i, i+n, i+2n, … of the first
-`n·⌊N/n⌋` (so every process has exactly ⌊N/n⌋ records and the same number of batches per epoch;
-the last N mod n records are not used). `batch_size` is the per-process batch: the global batch is
+Sharding by JAX process. `batch_size` is the per-process batch: the global batch is
 `n · batch_size`, assembled from the processes' local batches (e.g. with
-`jax.make_array_from_process_local_data`). `process_index`/`process_count` default to
-`jax.process_index()`/`jax.process_count()`; pass them to simulate processes in tests.
+`jax.make_array_from_process_local_data`). SFT: every process shuffles all examples the same way
+and takes rows [i·b, (i+1)·b) of each global batch of n·b rows, so the global batches are the
+ones a single process with batch n·b would see — a run gives the same batches on any number of
+processes (and can resume on another number); a process tokenizes only its own rows.
+Pretraining: process i keeps the source documents i, i+n, i+2n, … of the first `n·⌊N/n⌋` (every
+process has ⌊N/n⌋ documents) and packs its own stream, so batches depend on n.
+`process_index`/`process_count` default to `jax.process_index()`/`jax.process_count()`; pass them
+to simulate processes in tests.
 
 Determinism: the order is a function of (seed, source, process shard) only: grain's index shuffle,
-reseeded every epoch. The same seed gives the same batches; each process shuffles its own shard.
+reseeded every epoch. The same seed gives the same batches.
 
 Checkpointing: `it = iter(dataset)` has `it.get_state()` (a small JSON-able dict) and
 `it.set_state(state)`; a restored iterator continues with exactly the batches the saved one would
@@ -234,14 +238,30 @@ def sft_dataset(
   if check_lengths:
     for i in range(len(ds)):
       row_fn(i, ds[i])
-  # Tokenize before sharding/shuffling so that errors name the example's index in `examples`.
-  ds = _shard(ds.map_with_index(row_fn), index, count, "examples")
-  if num_epochs is not None and drop_remainder and len(ds) * num_epochs < batch_size:
-    raise ValueError(f"batch_size={batch_size} exceeds the {len(ds) * num_epochs} rows this "
-                     f"process gets ({len(ds)} examples x num_epochs={num_epochs}); with "
-                     "drop_remainder=True no batch would be produced")
-  ds = _finish(ds, seed=seed, shuffle=shuffle, num_epochs=num_epochs, read_options=read_options)
+  # Tokenize lazily, indexed by the example's place in `examples` (errors name it).
+  ds = ds.map_with_index(row_fn)
+  rows = len(ds) * num_epochs if num_epochs is not None else None
+  if rows is not None and drop_remainder and rows < batch_size * count:
+    per = f" x {count} processes" if count > 1 else ""
+    raise ValueError(f"batch_size={batch_size}{per} exceeds the {rows} rows "
+                     f"({len(ds)} examples x num_epochs={num_epochs}); with drop_remainder=True "
+                     "no batch would be produced")
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = _process_rows(ds.repeat(num_epochs), index, count, batch_size)
+  ds = ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)
   return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def _process_rows(ds: grain.MapDataset, index: int, count: int, batch: int) -> grain.MapDataset:
+  """This process's rows of the global stream `ds`: rows [index·batch, (index+1)·batch) of each
+  run of count·batch rows (a partial last global batch is dropped when count > 1)."""
+  if count == 1:
+    return ds
+  block = count * batch
+  def pick(j: int):
+    return ds[(j // batch) * block + index * batch + j % batch]
+  return grain.MapDataset.range((len(ds) // block) * batch).map(pick)
 
 
 def eval_prompts(prompts: Sequence[str], tokenizer: tokenizers.Tokenizer, *, prompt_len: int,
