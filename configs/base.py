@@ -16,8 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- model -----------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
-  c.model.preset = "tiny"      # tiny | llada_8b (shapes of mdpo_jax.models.llada presets)
-  c.model.hf_checkpoint = ""   # a Hugging Face LLaDA folder to start from (overrides preset)
+  c.model.family = "llada"     # llada | dream (mdpo_jax.models.families: model, presets, HF)
+  c.model.preset = "tiny"      # the family's: llada: tiny | llada_8b; dream: tiny | dream_7b
+  c.model.hf_checkpoint = ""   # a Hugging Face folder of model.family to start from (overrides
+                               # preset; its config.json model_type must match the family)
   c.model.init_checkpoint = ""  # a run's WORKDIR/checkpoints to take params from (e.g. SFT → RL)
   c.model.d_model = 128        # the rest override the preset when not None/""
   c.model.n_layers = 4

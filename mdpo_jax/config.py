@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from mdpo_jax import parallel
 from mdpo_jax import tasks as tasks_lib
-from mdpo_jax.models import llada, lora
+from mdpo_jax.models import families, llada, lora
 from mdpo_jax.rl import algorithms
 from mdpo_jax.sampling import fhs, sampler
 from mdpo_jax.training import optim as optim_lib
@@ -37,7 +37,7 @@ PROCEDURAL_TASKS = tuple(n for n, t in tasks_lib.TASKS.items() if t.procedural) 
 FILE_TASKS = tuple(n for n in TASKS if n not in PROCEDURAL_TASKS)  # task.train_file/eval_file
 FILTERS = ("none", "over_denoising")
 PROMPT_SOURCES = ("train", "fresh")
-DTYPES = llada._DTYPES        # what LLaDAConfig accepts (it checks again when built)
+DTYPES = llada._DTYPES        # what every family accepts (its config checks again when built)
 REMAT = llada._REMAT
 # List-valued keys that configs/base.py writes as comma-separated text (`to_json` keeps that form).
 _TEXT_LISTS = frozenset({"model.lora_targets"})
@@ -94,6 +94,7 @@ _frozen = dataclasses.dataclass(frozen=True, kw_only=True)
 
 @_frozen
 class ModelConfig(_Section):
+  family: str
   preset: str
   hf_checkpoint: str
   init_checkpoint: str
@@ -118,7 +119,8 @@ class ModelConfig(_Section):
     return lora.from_config({k: getattr(self, k) for k in self.keys()})
 
   def preset_overrides(self) -> dict[str, Any]:
-    """The LLaDAConfig fields this section sets on top of its preset (not None / "")."""
+    """The model config fields (`LLaDAConfig`, `DreamConfig`) this section sets on top of its
+    preset (not None / "")."""
     return {k: getattr(self, k) for k in _MODEL_OVERRIDES if getattr(self, k) not in (None, "")}
 
 
@@ -412,7 +414,7 @@ _PRESET = "the preset's"
 _TOP_RULES: dict[str, Rule] = {"trainer": _trainer, "seed": _NON_NEGATIVE}
 _RULES: dict[str, dict[str, Rule]] = {
     "model": {
-        "preset": _one_of(sorted(llada.PRESETS)),
+        "family": _one_of(families.NAMES),   # the preset is checked against it (_check_model)
         **{k: _POSITIVE for k in ("d_model", "n_layers", "n_heads", "n_kv_heads",
                                   "mlp_hidden_size", "max_sequence_length")},
         "rope_theta": _above(0),
@@ -489,18 +491,28 @@ def _section(name: str, values: Mapping[str, Any], *, rules: bool) -> _Section:
 
 
 def _check_model(c: RunConfig) -> None:
-  """LoRA settings; without a Hugging Face checkpoint, also the shapes (preset + overrides) and
-  that the LoRA rank fits them (a checkpoint's shapes are known only when it is read)."""
+  """The preset belongs to `model.family`; LoRA settings; without a Hugging Face checkpoint, also
+  the shapes (preset + overrides) and that the LoRA rank fits them (a checkpoint's shapes are
+  known only when it is read)."""
   m = c.model
+  preset = families.preset(m.family, m.preset)
   lora_cfg = m.lora()
   if m.hf_checkpoint:
     return
   try:
-    shapes = dataclasses.replace(llada.PRESETS[m.preset](), **m.preset_overrides())
+    shapes = dataclasses.replace(preset, **m.preset_overrides())
   except ValueError as e:
-    raise ValueError(str(e).replace("LLaDAConfig.", "model.")) from None
+    raise ValueError(model_error(e)) from None
   if lora_cfg is not None:
     lora.check_fits(shapes, lora_cfg)
+
+
+def model_error(e: ValueError) -> str:
+  """A model config's error (`LLaDAConfig.d_model=...`) as the config field (`model.d_model`)."""
+  text = str(e)
+  for family in families.FAMILIES.values():
+    text = text.replace(f"{family.config_type.__name__}.", "model.")
+  return text
 
 
 def _check_mesh(c: RunConfig) -> None:

@@ -30,7 +30,8 @@ from mdpo_jax.training import evaluation
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.",
                                           lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run's WORKDIR/checkpoints folder.")
-_HF = flags.DEFINE_string("hf_checkpoint", None, "Or a Hugging Face LLaDA folder.")
+_HF = flags.DEFINE_string("hf_checkpoint", None, "Or a Hugging Face folder of the config's "
+                          "model.family (LLaDA, or Dream with --config.model.family=dream).")
 _OUT = flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
 
 
@@ -38,8 +39,9 @@ def _check_paths(checkpoint: str | None, hf_checkpoint: str | None, output: str 
   """Flag errors found without loading anything, each one UsageError line naming the flag."""
   if bool(checkpoint) == bool(hf_checkpoint):
     raise app.UsageError("give exactly one of --checkpoint and --hf_checkpoint")
+  hf_folder = "a Hugging Face LLaDA or Dream folder"
   for flag, value, allowed in (("checkpoint", checkpoint, "a run's WORKDIR/checkpoints folder"),
-                               ("hf_checkpoint", hf_checkpoint, "a Hugging Face LLaDA folder")):
+                               ("hf_checkpoint", hf_checkpoint, hf_folder)):
     if value and not os.path.isdir(value):
       raise app.UsageError(f"--{flag}={value}: no such folder; allowed: {allowed}")
   if output:

@@ -1,4 +1,4 @@
-r"""Generate an answer from a Hugging Face LLaDA folder with the jitted scan sampler.
+r"""Generate an answer from a Hugging Face LLaDA or Dream folder with the jitted scan sampler.
 
   python -m mdpo_jax.generate --checkpoint /path/to/LLaDA-8B-Instruct \
       --prompt "What is 12 * 7?" --gen_length 128 --block_length 32 --steps 64 --remasking rcr
@@ -9,14 +9,18 @@ r"""Generate an answer from a Hugging Face LLaDA folder with the jitted scan sam
 position per network call, gen_length calls, an exact sample of the model (--steps and
 --remasking do not apply).
 
-The folder must hold config.json, the safetensors weights and tokenizer.json. The prompt is
-wrapped in the LLaDA-Instruct chat template (pass --nochat for raw text). With --show_steps the
-whole trajectory is printed: per step the state before the step (masks as `_`) and, at the
-positions committed in that step, the chosen tokens.
+The folder must hold config.json, the safetensors weights and the tokenizer: tokenizer.json,
+or for Dream the published vocab.json + merges.txt. The family comes from config.json's
+`model_type` ("llada" or absent: LLaDA; "Dream": Dream, whose logits `dream.forward` shifts,
+so the sampler is the same). The prompt is wrapped in the family's Instruct chat template
+(LLaDA's, or Dream's Qwen2.5 template with its default system turn; --nochat for raw text),
+and answers stop at EOS or the end-of-turn token (`<|eot_id|>`, Dream's `<|im_end|>`). With
+--show_steps the whole trajectory is printed: per step the state before the step (masks as `_`)
+and, at the positions committed in that step, the chosen tokens.
 
 Exit status 2 with one `error: ...` line for a user error (a flag value, a folder that is not a
-LLaDA checkpoint, a prompt holding the mask token's text), checked before the model is loaded
-where possible; a traceback only for a bug.
+LLaDA or Dream checkpoint, a prompt holding the mask token's text), checked before the model is
+loaded where possible; a traceback only for a bug.
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ from absl import app, flags
 from mdpo_jax import cli, parallel
 from mdpo_jax.data import pipeline
 from mdpo_jax.data.tokenizer import decode_completions
-from mdpo_jax.models import hf, llada
+from mdpo_jax.models import families
 from mdpo_jax.sampling import fhs, guards, sampler
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Hugging Face LLaDA folder.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Hugging Face LLaDA or Dream folder.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt text; repeat for a batch.")
-_CHAT = flags.DEFINE_boolean("chat", True, "Wrap the prompt in the LLaDA-Instruct chat template.")
+_CHAT = flags.DEFINE_boolean("chat", True, "Wrap the prompt in the model's Instruct chat template.")
 _GEN = flags.DEFINE_integer("gen_length", 128, "Tokens to generate.")
 _BLOCK = flags.DEFINE_integer("block_length", 32, "Semi-autoregressive block length.")
 _SAMPLER = flags.DEFINE_enum(
@@ -62,13 +66,16 @@ _SHOW_STEPS = flags.DEFINE_boolean("show_steps", False, "Print the denoising tra
 _SKIP_SPECIAL = flags.DEFINE_boolean("skip_special_tokens", True, "Hide special tokens.")
 
 
-def encode_prompts(tokenizer, prompts: list[str], chat: bool, pad_id: int):
-  """Left-padded [B, P] ids and mask for a batch of prompts (P = the longest)."""
-  encoded = [hf.encode_chat(tokenizer, p) if chat else tokenizer.encode(p).ids for p in prompts]
+def encode_prompts(tokenizer, prompts: list[str], chat: bool, pad_id: int,
+                   family: str = families.DEFAULT):
+  """Left-padded [B, P] ids and mask for a batch of prompts (P = the longest); `chat` wraps each
+  in `family`'s chat template."""
+  encode_chat = families.get(family).hf.encode_chat
+  encoded = [encode_chat(tokenizer, p) if chat else tokenizer.encode(p).ids for p in prompts]
   return pipeline.left_padded(encoded, max(len(ids) for ids in encoded), pad_id)
 
 
-def answer_text(tokenizer, ids, config: llada.LLaDAConfig, skip_special: bool) -> str:
+def answer_text(tokenizer, ids, config: families.ModelConfig, skip_special: bool) -> str:
   """Decode an answer, cutting at the first EOS/EOT (the rest is padding)."""
   return decode_completions(tokenizer, [ids], (config.eos_token_id, config.eot_token_id),
                             skip_special_tokens=skip_special)[0]
@@ -88,50 +95,70 @@ def _sampler_settings() -> dict:
               eos_confidence_neg_inf=_EOS_CONF.value)
 
 
-def _check_flags(argv) -> None:
-  """Every flag error, before anything is loaded: one `app.UsageError` line naming the flag."""
+def _check_flags(argv) -> families.Family:
+  """Every flag error, before anything is loaded: one `app.UsageError` line naming the flag.
+  Returns the checkpoint's family (config.json's `model_type`)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _CHECKPOINT.value:
-    raise app.UsageError("--checkpoint is required (a Hugging Face LLaDA folder)")
+    raise app.UsageError(f"--checkpoint is required ({families.folder_text()})")
   if not _PROMPT.value:
     raise app.UsageError("--prompt is required")
   try:   # the model's token ids come later; every other setting is checked here
     sampler.SamplerConfig(**_sampler_settings())
   except ValueError as e:
     raise app.UsageError(str(e).replace("SamplerConfig.", "--")) from e
-  folder = Path(_CHECKPOINT.value)
+  return _check_folder(_CHECKPOINT.value)
+
+
+def _check_folder(checkpoint: str) -> families.Family:
+  """The folder's family, from its config.json; its tokenizer files are there."""
+  folder = Path(checkpoint)
   if not folder.is_dir():
-    raise app.UsageError(f"--checkpoint={_CHECKPOINT.value}: no such folder; allowed: a Hugging "
-                         f"Face LLaDA folder ({hf.CONFIG_FILE}, weights, {hf.TOKENIZER_FILE})")
-  for name in (hf.CONFIG_FILE, hf.TOKENIZER_FILE):
-    if not (folder / name).is_file():
-      raise app.UsageError(f"--checkpoint={_CHECKPOINT.value}: no {name} in the folder; "
-                           f"allowed: a Hugging Face LLaDA folder ({hf.CONFIG_FILE}, weights, "
-                           f"{hf.TOKENIZER_FILE})")
-
-
-def load(folder: str, dtype, original_padding: bool):
-  """(config, params, tokenizer) of a Hugging Face folder; a file error (a broken config.json,
-  missing or malformed weights or tokenizer.json) is one `app.UsageError` naming --checkpoint."""
-  overrides = {"honor_padding": False} if original_padding else {}
+    raise app.UsageError(f"--checkpoint={checkpoint}: no such folder; allowed: "
+                         f"{families.folder_text()}")
+  if not (folder / families.CONFIG_FILE).is_file():
+    raise app.UsageError(f"--checkpoint={checkpoint}: no {families.CONFIG_FILE} in the "
+                         f"folder; allowed: {families.folder_text()}")
   try:
-    config, params = hf.load_pretrained(folder, dtype=dtype, **overrides)
-    tokenizer = hf.load_tokenizer(folder)
+    family = families.detect(folder)
+  except (OSError, ValueError) as e:
+    raise app.UsageError(f"--checkpoint={checkpoint}: {e}") from e
+  missing = families.missing_tokenizer(family, folder)
+  if missing:
+    raise app.UsageError(f"--checkpoint={checkpoint}: no {missing} in the folder; allowed: "
+                         f"{families.folder_text(family)}")
+  return family
+
+
+def load(folder: str, dtype, original_padding: bool, family: str = families.DEFAULT):
+  """(config, params, tokenizer) of a Hugging Face folder of `family`; a file error (a broken
+  config.json, missing or malformed weights or tokenizer) is one `app.UsageError` naming
+  --checkpoint."""
+  overrides = {"honor_padding": False} if original_padding else {}
+  loader = families.get(family).hf
+  try:
+    config, params = loader.load_pretrained(folder, dtype=dtype, **overrides)
+    tokenizer = loader.load_tokenizer(folder)
   except (OSError, ValueError) as e:   # hf turns unreadable files into ValueError too
     raise app.UsageError(f"--checkpoint={folder}: {e}") from e
   return config, params, tokenizer
 
 
 def main(argv):
-  _check_flags(argv)
+  family = _check_flags(argv)
   parallel.initialize_distributed()
-  config, params, tokenizer = load(_CHECKPOINT.value, _DTYPE.value, _ORIGINAL_PADDING.value)
+  config, params, tokenizer = load(_CHECKPOINT.value, _DTYPE.value, _ORIGINAL_PADDING.value,
+                                   family.name)
   try:
     sc = sampler.SamplerConfig.for_model(config, **_sampler_settings())
   except ValueError as e:
     raise app.UsageError(str(e).replace("SamplerConfig.", "--")) from e
-  tokens, mask = encode_prompts(tokenizer, _PROMPT.value, _CHAT.value, config.pad_token_id)
+  try:   # Dream's template needs <|im_start|>/<|im_end|> in the tokenizer
+    tokens, mask = encode_prompts(tokenizer, _PROMPT.value, _CHAT.value, config.pad_token_id,
+                                  family.name)
+  except ValueError as e:
+    raise app.UsageError(f"--chat: {e}; allowed: --nochat for raw prompts") from e
   try:   # e.g. the mask token's text in a prompt, or a tokenizer.json larger than the model
     guards.check_prompts(tokens, mask, mask_id=sc.mask_id, vocab_size=sc.vocab_size,
                          name="--prompt", hint="row = the --prompt's 0-based index, position "
@@ -139,7 +166,7 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   sample = fhs.generate if _SAMPLER.value == "fhs" else sampler.generate
-  out, traj = sample(llada.forward_fn(config), params, tokens, sc, jax.random.key(_SEED.value),
+  out, traj = sample(families.forward_fn(config), params, tokens, sc, jax.random.key(_SEED.value),
                      prompt_mask=mask, return_trajectory=True)
   _print_answers(tokenizer, config, sc, tokens.shape[1], np.asarray(out), traj)
 

@@ -133,6 +133,9 @@ _BAD = [
     ("trainer", "dpo", {}),
     ("seed", -1, {}),
     ("model.preset", "gpt2", {}),
+    ("model.family", "gpt", {}),
+    ("model.preset", "llada_8b", {"model.family": "dream"}),   # a preset of another family
+    ("model.n_kv_heads", 3, {"model.family": "dream"}),        # must divide n_heads = 4
     ("model.d_model", 130, {}),          # not divisible by n_heads = 4
     ("model.d_model", 12.5, {}),
     ("model.n_layers", True, {}),

@@ -91,13 +91,15 @@ def test_cli_user_errors_are_one_line(checkpoint, tmp_path):
   (broken / "config.json").write_text("{")
   (broken / "tokenizer.json").write_text((folder / "tokenizer.json").read_text())
   hf_folder = "allowed: a Hugging Face LLaDA folder (config.json, weights, tokenizer.json)"
+  any_folder = (hf_folder + " or Dream folder (config.json, weights, tokenizer.json or "
+                "vocab.json + merges.txt)")
   cases = [
       (["--block_length", "3"], "--block_length=3: allowed a divisor of gen_length=8"),
       (["--gen_length", "-8"], "--gen_length=-8: allowed a positive integer"),
       (["--temperature", "inf"], "--temperature=inf: allowed a finite number ≥ 0 (0 = argmax)"),
       (["--top_p", "0"], "--top_p=0.0: allowed None or a number in (0, 1] (1 = off)"),
       (["--checkpoint", str(tmp_path / "nope")],
-       f"--checkpoint={tmp_path / 'nope'}: no such folder; {hf_folder}"),
+       f"--checkpoint={tmp_path / 'nope'}: no such folder; {any_folder}"),
       (["--checkpoint", str(no_tokenizer)],
        f"--checkpoint={no_tokenizer}: no tokenizer.json in the folder; {hf_folder}"),
       (["--prompt", "x<|mdm_mask|>"],

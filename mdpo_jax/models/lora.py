@@ -44,7 +44,7 @@ import qwix
 from flax import nnx
 
 from mdpo_jax import parallel
-from mdpo_jax.models import llada
+from mdpo_jax.models import families, llada
 
 TARGETS = tuple(llada.PROJECTIONS)      # q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out")
@@ -115,7 +115,7 @@ def from_config(model: Mapping[str, Any]) -> LoraConfig | None:
   return LoraConfig(rank=rank, alpha=float(alpha), targets=targets)
 
 
-def check_fits(config: llada.LLaDAConfig, lora: LoraConfig, field: str = "model.lora_rank"):
+def check_fits(config: families.ModelConfig, lora: LoraConfig, field: str = "model.lora_rank"):
   """The rank must not exceed any adapted weight's input or output size (it would not be low)."""
   shapes = _layer_shapes(config)
   for name in lora.targets:
@@ -153,8 +153,8 @@ class _Layer(nnx.Module):
     return {name: getattr(self, name)(x) for name, x in inputs.items()}
 
 
-def _layer_shapes(config: llada.LLaDAConfig) -> dict[str, tuple[int, ...]]:
-  blocks = llada.abstract_params(config)["blocks"]
+def _layer_shapes(config: families.ModelConfig) -> dict[str, tuple[int, ...]]:
+  blocks = families.of_config(config).model.abstract_params(config)["blocks"]
   return {name: tuple(blocks[name].shape[1:]) for name in TARGETS}
 
 
@@ -165,7 +165,7 @@ def _fans(name: str, shape) -> tuple[int, int]:
   return fan_in, math.prod(shape) // fan_in
 
 
-def _qwix_layer(config: llada.LLaDAConfig, lora: LoraConfig, rng) -> _Layer:
+def _qwix_layer(config: families.ModelConfig, lora: LoraConfig, rng) -> _Layer:
   """A `_Layer` (zero base weights of one layer, param dtype) with qwix's adapters created."""
   dt = jnp.dtype(config.param_dtype)
   shapes = _layer_shapes(config)
@@ -180,7 +180,7 @@ def _qwix_layer(config: llada.LLaDAConfig, lora: LoraConfig, rng) -> _Layer:
 
 
 @functools.lru_cache(maxsize=16)
-def _layer_graph(config: llada.LLaDAConfig, lora: LoraConfig):
+def _layer_graph(config: families.ModelConfig, lora: LoraConfig):
   """(graphdef, abstract state) of the qwix-wrapped `_Layer`; shapes only, nothing allocated."""
   return nnx.split(nnx.eval_shape(lambda: _qwix_layer(config, lora, jax.random.key(0))))
 
@@ -195,7 +195,7 @@ def _from_qwix(state: Mapping[str, Any]) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def init_adapters(config: llada.LLaDAConfig, lora: LoraConfig, rng: jax.Array) -> dict:
+def init_adapters(config: families.ModelConfig, lora: LoraConfig, rng: jax.Array) -> dict:
   """Fresh adapters {"blocks": {target: {"lora_a", "lora_b"}}}, leaves stacked over layers,
   in `config.param_dtype`, initialised by qwix (A ~ he_uniform, B = 0, so the model starts as the
   base model). Shapes per layer (qwix's, from the einsum): lora_a [*contracted dims of W, rank] and
@@ -210,21 +210,21 @@ def init_adapters(config: llada.LLaDAConfig, lora: LoraConfig, rng: jax.Array) -
   return {"blocks": jax.jit(jax.vmap(one_layer))(keys)}
 
 
-def abstract_adapters(config: llada.LLaDAConfig, lora: LoraConfig) -> dict:
+def abstract_adapters(config: families.ModelConfig, lora: LoraConfig) -> dict:
   """Shapes and dtypes of `init_adapters`' result; allocates nothing."""
   return jax.eval_shape(lambda: init_adapters(config, lora, jax.random.key(0)))
 
 
-def num_adapter_params(config: llada.LLaDAConfig, lora: LoraConfig) -> int:
+def num_adapter_params(config: families.ModelConfig, lora: LoraConfig) -> int:
   """Trainable parameter count: n_layers · rank · Σ_targets (fan-in + fan-out)."""
   shapes = _layer_shapes(config)
   return config.n_layers * lora.rank * sum(sum(_fans(n, shapes[n])) for n in lora.targets)
 
 
-def adapter_logical_axes(config: llada.LLaDAConfig, lora: LoraConfig) -> dict:
+def adapter_logical_axes(config: families.ModelConfig, lora: LoraConfig) -> dict:
   """Logical axis names of the adapters (same tree): A keeps the axes of the weight's contracted
   dims, B those of its output dims; the rank axis is never sharded."""
-  axes = llada.param_logical_axes(config)["blocks"]
+  axes = families.of_config(config).model.param_logical_axes(config)["blocks"]
   out = {}
   for name in lora.targets:
     lhs, rhs = llada.PROJECTIONS[name].split("->")[0].split(",")
@@ -235,7 +235,8 @@ def adapter_logical_axes(config: llada.LLaDAConfig, lora: LoraConfig) -> dict:
   return {"blocks": out}
 
 
-def adapter_shardings(config: llada.LLaDAConfig, lora: LoraConfig, mesh: jax.sharding.Mesh,
+def adapter_shardings(config: families.ModelConfig, lora: LoraConfig,
+                      mesh: jax.sharding.Mesh,
                       rules: Sequence[tuple[str, Any]] = parallel.DEFAULT_RULES) -> dict:
   """NamedShardings of the adapters on `mesh` (same tree as `init_adapters`' result), from
   `adapter_logical_axes` and the rules table."""
@@ -243,7 +244,7 @@ def adapter_shardings(config: llada.LLaDAConfig, lora: LoraConfig, mesh: jax.sha
                                       abstract_adapters(config, lora), mesh, rules)
 
 
-def projector(config: llada.LLaDAConfig, lora: LoraConfig) -> llada.Projector:
+def projector(config: families.ModelConfig, lora: LoraConfig) -> llada.Projector:
   """The `llada.forward` projector that routes a layer's projections through qwix's LoRA."""
   graphdef, abstract_state = _layer_graph(config, lora)
 
@@ -263,16 +264,18 @@ def projector(config: llada.LLaDAConfig, lora: LoraConfig) -> llada.Projector:
   return make
 
 
-def forward(config: llada.LLaDAConfig, lora: LoraConfig, base_params, adapters, tokens_BxL, *,
-            attention_mask=None, positions=None):
+def forward(config: families.ModelConfig, lora: LoraConfig, base_params, adapters, tokens_BxL,
+            *, attention_mask=None, positions=None):
   """Logits of the base model with adapters: each targeted projection is
-  x·W + (alpha/rank)·(x·A)·B (computed by qwix), everything else as in `llada.forward`."""
-  return llada.forward(config, base_params, tokens_BxL, attention_mask=attention_mask,
+  x·W + (alpha/rank)·(x·A)·B (computed by qwix), everything else as in the family's plain
+  `forward` (`llada.forward`, `dream.forward`: both take the same projector hook)."""
+  model = families.of_config(config).model
+  return model.forward(config, base_params, tokens_BxL, attention_mask=attention_mask,
                        positions=positions, adapters=adapters["blocks"],
                        projector=projector(config, lora))
 
 
-def forward_fn(config: llada.LLaDAConfig, lora: LoraConfig, base_params) -> Any:
+def forward_fn(config: families.ModelConfig, lora: LoraConfig, base_params) -> Any:
   """`fwd(adapters, tokens_BxL, attention_mask=None)`: the form losses take, trainable = adapters.
   Build it inside the jitted step (it closes over `base_params`, which must be a traced argument
   there, not a captured constant)."""
@@ -283,7 +286,7 @@ def _forward_adapters_first(config, lora, base_params, adapters, tokens_BxL, **k
   return forward(config, lora, base_params, adapters, tokens_BxL, **kwargs)
 
 
-def policy_forward_fn(config: llada.LLaDAConfig, lora: LoraConfig) -> Any:
+def policy_forward_fn(config: families.ModelConfig, lora: LoraConfig) -> Any:
   """`fwd({"base": base_params, "adapters": adapters}, tokens_BxL, attention_mask=None)`: the
   base-plus-adapters model with both pytrees in one params argument, for callers that take a
   single params pytree and no gradient (the sampler, old-policy log-probs). A hashable partial of

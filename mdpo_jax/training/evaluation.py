@@ -24,7 +24,7 @@ from mdpo_jax import config as config_lib
 from mdpo_jax import tasks
 from mdpo_jax.data import pipeline
 from mdpo_jax.data.tokenizer import decode_completions
-from mdpo_jax.models import llada
+from mdpo_jax.models import families
 from mdpo_jax.sampling import fhs, guards
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
 from mdpo_jax.training import setup
@@ -68,7 +68,7 @@ def settings_from_config(ev) -> list[Setting]:
   return [Setting(int(s), r, float(ev.temperature)) for s in ev.steps for r in ev.remasking]
 
 
-def evaluate_task(config, model_cfg: llada.LLaDAConfig, params, tokenizer, task,
+def evaluate_task(config, model_cfg: families.ModelConfig, params, tokenizer, task,
                   problems: Sequence, settings: Sequence[Setting] | None = None, *,
                   progress: bool = True) -> list[dict]:
   """Accuracy of `params` on `problems` of `task` with the run's `eval` settings (or `settings`):
@@ -110,7 +110,7 @@ def evaluate_checkpoint(raw_config, *, checkpoint: str | None = None,
   return rows, len(problems)
 
 
-def evaluate(model_cfg: llada.LLaDAConfig, params, tokenizer, prompts_NxP: np.ndarray,
+def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np.ndarray,
              prompt_mask_NxP: np.ndarray, problems: Sequence, reward: Callable,
              settings: Sequence[Setting], *, gen_length: int, block_length: int,
              batch_size: int, seed: int = 0, trajectory_stats: bool = True,
@@ -129,7 +129,7 @@ def evaluate(model_cfg: llada.LLaDAConfig, params, tokenizer, prompts_NxP: np.nd
                        vocab_size=model_cfg.vocab_size, name="eval prompts",
                        hint="row = the problem's index in the evaluated split")
   batch_size = min(batch_size, n)
-  fwd = llada.forward_fn(model_cfg)
+  fwd = families.forward_fn(model_cfg)
   stops = (model_cfg.eos_token_id, model_cfg.eot_token_id)
   p = prompts_NxP.shape[1]
   rows = []

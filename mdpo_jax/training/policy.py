@@ -18,25 +18,25 @@ from typing import Any
 
 import jax
 
-from mdpo_jax.models import llada, lora
+from mdpo_jax.models import families, lora
 
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-  model_cfg: llada.LLaDAConfig
+  model_cfg: families.ModelConfig
   lora_cfg: lora.LoraConfig | None
   base: Any        # the frozen base params with LoRA; None for a full fine-tune
 
   @property
   def sample_fn(self):
     if self.lora_cfg is None:
-      return llada.forward_fn(self.model_cfg)
+      return families.forward_fn(self.model_cfg)
     return lora.policy_forward_fn(self.model_cfg, self.lora_cfg)
 
   def forward(self, base):
     """The loss's forward of the trainable params; `base` is the traced frozen base (or None)."""
     if self.lora_cfg is None:
-      return llada.forward_fn(self.model_cfg)
+      return families.forward_fn(self.model_cfg)
     return lora.forward_fn(self.model_cfg, self.lora_cfg, base)
 
   def sample_params(self, params):

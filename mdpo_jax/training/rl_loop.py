@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from mdpo_jax import parallel
 from mdpo_jax.data import pipeline
-from mdpo_jax.models import llada
+from mdpo_jax.models import families
 from mdpo_jax.rl import algorithms, rollout
 from mdpo_jax.rl.common import token_logprobs
 from mdpo_jax.rl.scoring import RewardPool
@@ -84,8 +84,8 @@ class _Learner:
     temperature = algorithm.logp_temperature(rl)
     self.logprobs = logprob_fn(run.policy.sample_fn, temperature, rl.micro_batch)
     lora_on = run.policy.lora_cfg is not None   # the reference is the plain model either way
-    self.ref_logprobs = (logprob_fn(llada.forward_fn(run.model_cfg), temperature, rl.micro_batch)
-                         if lora_on else self.logprobs)
+    self.ref_logprobs = (logprob_fn(families.forward_fn(run.model_cfg), temperature,
+                                    rl.micro_batch) if lora_on else self.logprobs)
     self.ref_params = None
     if rl.beta > 0:   # full fine-tune: a copy of the start; LoRA: the frozen base
       self.ref_params = run.policy.base if lora_on else jax.tree.map(jnp.copy, state_params)

@@ -25,7 +25,7 @@ import optax
 from mdpo_jax import config as config_lib
 from mdpo_jax import tasks
 from mdpo_jax.data import tokenizer as tokenizer_lib
-from mdpo_jax.models import llada
+from mdpo_jax.models import families
 from mdpo_jax.training import checkpoint, evaluation, metrics, optim, setup
 from mdpo_jax.training import state as state_lib
 from mdpo_jax.training.policy import Policy
@@ -100,7 +100,7 @@ class Run:
   mesh: jax.sharding.Mesh
   rules: tuple                  # logical-axis rules (`mesh.rules` over the default table)
   tokenizer: Any
-  model_cfg: llada.LLaDAConfig
+  model_cfg: families.ModelConfig
   policy: Policy
   optimizer: optax.GradientTransformation
   schedule: optax.Schedule
@@ -243,7 +243,7 @@ def setup_run(config, workdir: str | Path) -> tuple[Run, state_lib.TrainState]:
 
 
 def result(run: Run, state, step: int, *, held_out=(), **extra) -> dict:
-  """The loops' return value: final step, merged params (plain `llada.forward`), the trained
+  """The loops' return value: final step, merged params (the family's plain forward), the trained
   adapters with LoRA, and the end-of-run evaluation on `held_out` (logged too)."""
   out = {"step": step, "eval": [], "params": run.policy.merged(state.params),
          "model_config": run.model_cfg, **extra}

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from mdpo_jax import config as config_lib
 from mdpo_jax import parallel
 from mdpo_jax.data import tokenizer as tokenizer_lib
-from mdpo_jax.models import hf, llada, lora
+from mdpo_jax.models import families, lora
 from mdpo_jax.training import checkpoint
 
 # Printable ASCII and newline: every task prompt/answer format fits, 100 tokens with specials.
@@ -39,21 +39,24 @@ def rules(config):
 
 def make_tokenizer(config):
   """The run's tokenizer: "char" (printable ASCII), a tokenizer.json (file or folder), or ""
-  for the one in `model.hf_checkpoint`."""
+  for the one in `model.hf_checkpoint` (read by `model.family`'s loader: a Dream folder may hold
+  vocab.json + merges.txt instead)."""
+  load_tokenizer = families.get(config.model.family).hf.load_tokenizer
   if config.data.tokenizer == "char":
     return tokenizer_lib.build_char_tokenizer(CHAR_ALPHABET)
   if not config.data.tokenizer:
     if not config.model.hf_checkpoint:
       raise ValueError('data.tokenizer="" needs model.hf_checkpoint (its tokenizer.json)')
-    return hf.load_tokenizer(config.model.hf_checkpoint)
+    return load_tokenizer(config.model.hf_checkpoint)
   try:
-    return hf.load_tokenizer(config.data.tokenizer)
+    return load_tokenizer(config.data.tokenizer)
   except (FileNotFoundError, ValueError) as e:
     raise type(e)(f"data.tokenizer={config.data.tokenizer}: {e}") from e
 
 
-def model_config(config, tokenizer) -> llada.LLaDAConfig:
-  """LLaDAConfig from `config.model` (preset + overrides) with the tokenizer's special ids."""
+def model_config(config, tokenizer) -> families.ModelConfig:
+  """The model config of `model.family` (`LLaDAConfig`, `DreamConfig`) from `config.model`
+  (preset + overrides) with the tokenizer's special ids."""
   m = config_lib.ensure(config).model
   if m.hf_checkpoint:
     raise ValueError("model_config: use load_model for model.hf_checkpoint")
@@ -61,14 +64,14 @@ def model_config(config, tokenizer) -> llada.LLaDAConfig:
   fields = dict(vocab_size=ids["vocab_size"], bos_token_id=ids["bos"], eos_token_id=ids["eos"],
                 pad_token_id=ids["eos"], eot_token_id=ids["eot"], mask_token_id=ids["mask"],
                 **m.preset_overrides())
-  base = llada.PRESETS[m.preset]()
+  base = families.preset(m.family, m.preset)
   try:
     return dataclasses.replace(base, **fields)
   except ValueError as e:
-    raise ValueError(str(e).replace("LLaDAConfig.", "model.")) from e
+    raise ValueError(config_lib.model_error(e)) from e
 
 
-def lora_config(config, model_cfg: llada.LLaDAConfig) -> lora.LoraConfig | None:
+def lora_config(config, model_cfg: families.ModelConfig) -> lora.LoraConfig | None:
   """The run's LoRA settings (`model.lora_rank/lora_alpha/lora_targets`), validated against the
   model's shapes; None when `model.lora_rank` is 0 (full fine-tuning)."""
   lora_cfg = config_lib.ensure(config).model.lora()
@@ -77,7 +80,7 @@ def lora_config(config, model_cfg: llada.LLaDAConfig) -> lora.LoraConfig | None:
   return lora_cfg
 
 
-def init_adapters(config, model_cfg: llada.LLaDAConfig, lora_cfg: lora.LoraConfig, mesh):
+def init_adapters(config, model_cfg: families.ModelConfig, lora_cfg: lora.LoraConfig, mesh):
   """A LoRA run's fresh adapters (B = 0: the model starts as its base), from the run's seed and
   placed on `mesh`; every trainer draws them the same way."""
   logging.info("LoRA rank %d on %s: %d trainable parameters", lora_cfg.rank,
@@ -93,9 +96,10 @@ def _abstract(tree, shardings):
 
 
 def load_model(config, tokenizer, mesh, rng: jax.Array, *,
-               lora_supported: bool = False) -> tuple[llada.LLaDAConfig, Any]:
-  """(model config, params placed on `mesh`): fresh, from a Hugging Face folder, or from a run
-  (`load_run_params`: a LoRA run's checkpoint comes back merged with its base).
+               lora_supported: bool = False) -> tuple[families.ModelConfig, Any]:
+  """(model config, params placed on `mesh`) of `model.family`: fresh, from a Hugging Face folder
+  (`_load_hf`), or from a run (`load_run_params`: a LoRA run's checkpoint comes back merged with
+  its base).
 
   With `model.lora_rank` > 0 the returned params are the base the caller puts adapters on.
   Callers that do not handle that leave `lora_supported` False and get an error instead of a
@@ -108,12 +112,7 @@ def load_model(config, tokenizer, mesh, rng: jax.Array, *,
                      "parameters only; allowed here: 0 (LoRA runs: trainer=sft|pretrain|mdpo|"
                      "diffu_grpo; evaluate reads any run's checkpoint)")
   if m.hf_checkpoint:
-    overrides = {k: getattr(m, k) for k in ("remat", "scan_layers", "honor_padding")}
-    try:
-      return hf.load_pretrained(m.hf_checkpoint, mesh=mesh, rules=rules(config),
-                                tokenizer=_tokenizer_source(config, tokenizer), **overrides)
-    except FileNotFoundError as e:
-      raise FileNotFoundError(f"model.hf_checkpoint={m.hf_checkpoint}: {e}") from e
+    return _load_hf(config, tokenizer, mesh)
   cfg = model_config(config, tokenizer)
   if m.init_checkpoint:
     try:
@@ -121,13 +120,34 @@ def load_model(config, tokenizer, mesh, rng: jax.Array, *,
     except FileNotFoundError as e:
       raise FileNotFoundError(f"model.init_checkpoint={m.init_checkpoint}: {e}; allowed: a "
                               "run's WORKDIR/checkpoints folder") from e
-  return cfg, llada.init_sharded_params(cfg, rng, mesh, rules(config))
+  return cfg, families.get(m.family).model.init_sharded_params(cfg, rng, mesh, rules(config))
+
+
+def _load_hf(config, tokenizer, mesh):
+  """`model.hf_checkpoint` read by `model.family`'s loader; a folder of another family (its
+  config.json `model_type`) is an error naming both settings."""
+  m = config.model
+  family = families.get(m.family)
+  try:
+    found = families.detect(m.hf_checkpoint)
+  except (OSError, ValueError):
+    found = family   # the loader reports the unreadable file itself
+  if found is not family:
+    raise ValueError(f"model.hf_checkpoint={m.hf_checkpoint}: a {found.display} folder "
+                     f"(model_type {found.hf_model_type!r}) but model.family={m.family!r}; "
+                     f"allowed: model.family={found.name!r} for this folder")
+  overrides = {k: getattr(m, k) for k in ("remat", "scan_layers", "honor_padding")}
+  try:
+    return family.hf.load_pretrained(m.hf_checkpoint, mesh=mesh, rules=rules(config),
+                                     tokenizer=_tokenizer_source(config, tokenizer), **overrides)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"model.hf_checkpoint={m.hf_checkpoint}: {e}") from e
 
 
 def _tokenizer_source(config, tokenizer):
-  """What `hf.load_pretrained` checks the run's tokenizer by: its tokenizer.json path (errors
-  then name the file), the object itself for the character tokenizer, or None (the checkpoint's
-  own tokenizer.json)."""
+  """What the family's `load_pretrained` checks the run's tokenizer by: its tokenizer.json path
+  (errors then name the file), the object itself for the character tokenizer, or None (the
+  checkpoint's own tokenizer files)."""
   source = config.data.tokenizer
   if source == "char":
     return tokenizer
@@ -162,7 +182,7 @@ def warn_nonfinite(tree, mesh, where: str, prefix: str = "params") -> list[str]:
   return bad
 
 
-def load_run_params(directory, model_cfg: llada.LLaDAConfig, mesh, *,
+def load_run_params(directory, model_cfg: families.ModelConfig, mesh, *,
                     rules=parallel.DEFAULT_RULES, field: str = "model.init_checkpoint"):
   """Full params of the latest checkpoint in a run's `directory` (WORKDIR/checkpoints), shaped,
   typed and sharded as `model_cfg`'s on `mesh`.
@@ -174,8 +194,14 @@ def load_run_params(directory, model_cfg: llada.LLaDAConfig, mesh, *,
   names the setting that pointed here, for errors.
   """
   saved, step = checkpoint.saved_config(directory)
-  abstract = _abstract(llada.abstract_params(model_cfg),
-                       llada.param_shardings(model_cfg, mesh, rules))
+  family = families.of_config(model_cfg)
+  saved_family = saved.get("model", {}).get("family", families.DEFAULT)
+  if saved_family != family.name:
+    raise ValueError(f"{field}={directory}: a run of model.family={saved_family!r} but this run's "
+                     f"model.family={family.name!r}; allowed: the same family")
+  model = family.model
+  abstract = _abstract(model.abstract_params(model_cfg),
+                       model.param_shardings(model_cfg, mesh, rules))
   run_lora = lora.from_config(saved.get("model", {}))
   if run_lora is None:
     params, _, step = checkpoint.restore_params(directory, abstract, step)
