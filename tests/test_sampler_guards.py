@@ -223,7 +223,7 @@ def test_evaluate_cli_user_errors_are_one_line(tmp_path):
   assert got["no_ckpt"] == (f"--checkpoint={missing}: no such folder; allowed: a run's "
                             "WORKDIR/checkpoints folder")
   assert got["no_hf"] == f"--hf_checkpoint={missing}: no such folder; allowed: a Hugging Face " \
-                         "LLaDA folder"
+                         "LLaDA or Dream folder"
   assert got["output"] == (f"--output={tmp_path / 'nodir' / 'rows.json'}: cannot write it; "
                            "allowed: a file path in an existing, writable folder")
   assert got["args"] == "unexpected arguments: ['extra']"
