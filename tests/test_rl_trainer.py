@@ -220,12 +220,14 @@ def test_rl_from_a_lora_sft_run_starts_from_its_merged_params(tmp_path, dense_re
   sft.optim.lr = 3e-3
   sft.train.num_steps = sft.train.checkpoint_every = 2
   sft.model.lora_rank, sft.model.lora_alpha = 4, 8.0
+  sft.task.eval_size = 0   # no held-out evaluation in either run: this is about the params
   sft_result = sft_loop.train(sft, tmp_path / "sft")
   assert np.any(np.asarray(sft_result["adapters"]["blocks"]["q_proj"]["lora_b"]))
   mesh = parallel.mesh_from_config(sft.mesh)
 
   c = _tiny(countdown_tiny_diffu_grpo.get_config())
   c.model.init_checkpoint = str(tmp_path / "sft" / "checkpoints")
+  c.task.eval_size = 0
   tokenizer = setup.make_tokenizer(c)
   cfg, start = setup.load_model(c, tokenizer, mesh, jax.random.key(123))
   jax.tree.map(np.testing.assert_array_equal, start, sft_result["params"])
