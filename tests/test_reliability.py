@@ -116,6 +116,15 @@ def test_training_cli_user_errors_are_one_line(tmp_path):
                        f"data.tokenizer={tmp_path / 'none.json'}: no tokenizer.json at "
                        f"{tmp_path / 'none.json'}: a fast-tokenizer file is required (LLaDA "
                        "checkpoints ship one; slow tokenizers are not supported)"),
+      "schedule": ([*ok, "--config.optim.schedule=exponential"],
+                   "optim.schedule='exponential': allowed ('constant', 'cosine', 'linear')"),
+      "trainer": ([*ok, "--config.trainer=dpo"],
+                  "trainer='dpo': allowed ('pretrain', 'sft', 'mdpo', 'diffu_grpo')"),
+      "remasking": ([*ok, "--config.eval.remasking=greedy"],
+                    "eval.remasking=('greedy',): entries must come from ('low_confidence', "
+                    "'random', 'margin', 'entropy', 'rcr'); unknown ['greedy']"),
+      "sampler setting": ([*ok, "--config.eval.block_length=7"],   # before training starts
+                          "eval.block_length=7: allowed a divisor of gen_length=48"),
       "positional": ([*ok, "extra"], "unexpected arguments: extra (every option is a --flag)"),
       "prompt_len": ([*ok, "--config.data.prompt_len=8", "--config.optim.warmup_steps=0",
                       "--config.train.num_steps=1", "--config.logging.tensorboard=False"],

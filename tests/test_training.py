@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -44,61 +43,11 @@ def _losses(workdir):
 
 def test_training_lowers_the_loss(tmp_path):
   c = _tiny_config(num_steps=60)
-  c.train.log_every = 10
+  c.train.log_every, c.task.eval_size = 10, 0   # no held-out evaluation: this is about the loss
   c.optim.grad_accum_steps = 2
   sft_loop.train(c, tmp_path)
   losses = _losses(tmp_path)
   assert losses[60] < 0.7 * losses[10], losses
-
-
-def test_resume_after_stop_matches_uninterrupted_run(tmp_path, monkeypatch):
-  c = _tiny_config(num_steps=8)
-  sft_loop.train(c, tmp_path / "straight")
-  want = _losses(tmp_path / "straight")
-
-  # Preempt after step 5: step 4 is checkpointed, step 5 is lost and must be redone.
-  real = sft_loop._batch_to_device
-  calls = {"n": 0}
-
-  def preempted(*args):
-    calls["n"] += 1
-    if calls["n"] == 6:
-      raise KeyboardInterrupt("preempted")
-    return real(*args)
-
-  monkeypatch.setattr(sft_loop, "_batch_to_device", preempted)
-  with pytest.raises(KeyboardInterrupt):
-    sft_loop.train(c, tmp_path / "stopped")
-  monkeypatch.setattr(sft_loop, "_batch_to_device", real)
-  result = sft_loop.train(c, tmp_path / "stopped")
-  assert result["step"] == 8
-  got = [r for r in metrics.read_jsonl(tmp_path / "stopped" / "metrics.jsonl") if "loss" in r]
-  resumed = {r["step"]: r["loss"] for r in got[5:]}  # rows written after the restart
-  assert sorted(resumed) == [5, 6, 7, 8]
-  for step in (5, 6, 7, 8):
-    np.testing.assert_allclose(resumed[step], want[step], rtol=1e-5)
-  for step in (1, 2, 3, 4):
-    np.testing.assert_allclose(got[step - 1]["loss"], want[step], rtol=1e-5)
-
-  # SIGTERM (preemption) during step 3: the loop finishes the step, saves it and returns; the
-  # re-run continues from step 3 with the uninterrupted run's losses.
-  sigterm_at = {"n": 0}
-
-  def terminated(*args):
-    sigterm_at["n"] += 1
-    if sigterm_at["n"] == 3:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return real(*args)
-
-  monkeypatch.setattr(sft_loop, "_batch_to_device", terminated)
-  stopped = sft_loop.train(c, tmp_path / "sigterm")
-  assert stopped["stopped"] == "preempted" and stopped["step"] == 3 and stopped["eval"] == []
-  assert signal.getsignal(signal.SIGTERM) is not None   # the previous handler is back
-  monkeypatch.setattr(sft_loop, "_batch_to_device", real)
-  assert sft_loop.train(c, tmp_path / "sigterm")["stopped"] is None
-  rows = [r for r in metrics.read_jsonl(tmp_path / "sigterm" / "metrics.jsonl") if "loss" in r]
-  assert [r["step"] for r in rows] == list(range(1, 9))   # nothing redone, nothing lost
-  np.testing.assert_allclose([r["loss"] for r in rows], [want[s] for s in range(1, 9)], rtol=1e-5)
 
 
 def test_diverging_training_fails_and_saves_nothing_diverged(tmp_path):
@@ -179,29 +128,6 @@ def test_schedule_shapes():
   o.schedule = "warmup_only"
   with pytest.raises(ValueError, match="optim.schedule"):
     optim.learning_rate_schedule(o, 110)
-
-
-def _cli(*args, cwd):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  return subprocess.run([sys.executable, "-m", "mdpo_jax.train", *args], capture_output=True,
-                        text=True, env=env, cwd=cwd, timeout=300)
-
-
-@pytest.mark.parametrize("flag,needle", [
-    ("--config.optim.learning_rate=0.1", "learning_rate"),   # unknown key (typo)
-    ("--config.optim.lr=fast", "lr"),                        # wrong type
-    ("--config.optim.schedule=exponential", "optim.schedule"),  # value not allowed
-    ("--config.trainer=dpo", "trainer"),
-    ("--config.eval.remasking=greedy", "eval.remasking"),      # caught before training starts
-    ("--config.eval.block_length=7", "eval.block_length"),
-])
-def test_cli_rejects_bad_config(tmp_path, flag, needle):
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  res = _cli("--config", "configs/countdown_tiny_sft.py", "--workdir", str(tmp_path / "w"), flag,
-             cwd=repo)
-  assert res.returncode != 0
-  assert needle in res.stderr, res.stderr[-2000:]
 
 
 def test_evaluate_cli_reproduces_the_end_of_training_eval(tmp_path):
