@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from absl import flags
 from ml_collections import config_flags

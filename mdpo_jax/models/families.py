@@ -14,7 +14,6 @@ else.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable

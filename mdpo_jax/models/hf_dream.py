@@ -31,7 +31,6 @@ mapping, added tokens at their ids), or reads a tokenizer.json when the folder h
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
