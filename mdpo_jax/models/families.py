@@ -63,7 +63,7 @@ def get(name: str) -> Family:
 def of_config(model_cfg: Any) -> Family:
   """The family a model config (`LLaDAConfig`, `DreamConfig`) belongs to."""
   for family in FAMILIES.values():
-    if isinstance(model_cfg, family.config_type):
+    if type(model_cfg) is family.config_type:   # DreamConfig subclasses LLaDAConfig
       return family
   raise TypeError(f"not a model config of a known family {NAMES}: {type(model_cfg).__name__}")
 

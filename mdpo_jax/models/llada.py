@@ -73,53 +73,57 @@ class LLaDAConfig:
   remat: str = "none"
   attention_impl: str = "xla"
   init_std: float = 0.02
+  # Biases on the q/k/v projections (Qwen2-style families such as Dream; LLaDA has none).
+  qkv_bias: bool = False
 
   def __post_init__(self):
+    name_ = type(self).__name__   # errors name the family's config class
     positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size",
                 "max_sequence_length")
     for name in positive:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"LLaDAConfig.{name}={value!r}: must be a positive integer")
+        raise ValueError(f"{name_}.{name}={value!r}: must be a positive integer")
     if self.d_model % self.n_heads:
-      raise ValueError(f"LLaDAConfig.d_model={self.d_model} must be divisible by "
+      raise ValueError(f"{name_}.d_model={self.d_model} must be divisible by "
                        f"n_heads={self.n_heads}")
     if self.n_heads % self.n_kv_heads:
-      raise ValueError(f"LLaDAConfig.n_kv_heads={self.n_kv_heads} must divide "
+      raise ValueError(f"{name_}.n_kv_heads={self.n_kv_heads} must divide "
                        f"n_heads={self.n_heads}")
     if self.head_dim % 2:
-      raise ValueError(f"LLaDAConfig: head_dim={self.head_dim} (d_model/n_heads) must be even "
+      raise ValueError(f"{name_}: head_dim={self.head_dim} (d_model/n_heads) must be even "
                        "for rotary embeddings")
     for name in ("dtype", "param_dtype", "logits_dtype"):
       if getattr(self, name) not in _DTYPES:
-        raise ValueError(f"LLaDAConfig.{name}={getattr(self, name)!r}: allowed {_DTYPES}")
+        raise ValueError(f"{name_}.{name}={getattr(self, name)!r}: allowed {_DTYPES}")
     if self.remat not in _REMAT:
-      raise ValueError(f"LLaDAConfig.remat={self.remat!r}: allowed {_REMAT}")
+      raise ValueError(f"{name_}.remat={self.remat!r}: allowed {_REMAT}")
     if self.attention_impl not in _ATTENTION_IMPLS:
-      raise ValueError(f"LLaDAConfig.attention_impl={self.attention_impl!r}: "
+      raise ValueError(f"{name_}.attention_impl={self.attention_impl!r}: "
                        f"allowed {_ATTENTION_IMPLS}")
     if not self.rms_norm_eps > 0:
-      raise ValueError(f"LLaDAConfig.rms_norm_eps={self.rms_norm_eps!r}: must be > 0")
+      raise ValueError(f"{name_}.rms_norm_eps={self.rms_norm_eps!r}: must be > 0")
     if not self.rope_theta > 0:
-      raise ValueError(f"LLaDAConfig.rope_theta={self.rope_theta!r}: must be > 0")
+      raise ValueError(f"{name_}.rope_theta={self.rope_theta!r}: must be > 0")
     for name in ("mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id", "eot_token_id"):
       value = getattr(self, name)
-      if not 0 <= value < self.vocab_size:
-        raise ValueError(f"LLaDAConfig.{name}={value}: must lie in [0, vocab_size="
+      if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
+        raise ValueError(f"{name_}.{name}={value!r}: must be an integer in [0, vocab_size="
                          f"{self.vocab_size})")
 
   @property
   def head_dim(self) -> int:
     return self.d_model // self.n_heads
 
-  def replace(self, **changes) -> "LLaDAConfig":
+  def replace(self, **changes):
     return dataclasses.replace(self, **changes)
 
   def num_params(self) -> int:
-    """Parameter count (embedding and head included)."""
-    d, f, n = self.d_model, self.mlp_hidden_size, self.n_layers
-    kv = self.n_kv_heads * self.head_dim
-    per_layer = 2 * d + d * d + 2 * d * kv + d * d + 3 * d * f
+    """Parameter count (embedding, head and any q/k/v biases included)."""
+    d, f, n, e = self.d_model, self.mlp_hidden_size, self.n_layers, self.head_dim
+    q, kv = self.n_heads * e, self.n_kv_heads * e
+    bias = q + 2 * kv if self.qkv_bias else 0
+    per_layer = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * f + bias
     head = 0 if self.tie_embeddings else self.vocab_size * d
     return self.vocab_size * d + n * per_layer + d + head
 
@@ -168,6 +172,11 @@ class Blocks(nnx.Module):
     self.q_proj = _param(rngs, normal, (n, d, h, e), dt, ("layers", "embed", "heads", "head_dim"))
     self.k_proj = _param(rngs, normal, (n, d, k, e), dt, ("layers", "embed", "kv_heads", "head_dim"))
     self.v_proj = _param(rngs, normal, (n, d, k, e), dt, ("layers", "embed", "kv_heads", "head_dim"))
+    if c.qkv_bias:
+      zeros = nnx.initializers.zeros
+      self.q_bias = _param(rngs, zeros, (n, h, e), dt, ("layers", "heads", "head_dim"))
+      self.k_bias = _param(rngs, zeros, (n, k, e), dt, ("layers", "kv_heads", "head_dim"))
+      self.v_bias = _param(rngs, zeros, (n, k, e), dt, ("layers", "kv_heads", "head_dim"))
     self.attn_out = _param(rngs, out_normal, (n, h, e, d), dt,
                            ("layers", "heads", "head_dim", "embed"))
     self.ff_norm = _param(rngs, ones, (n, d), dt, ("layers", "norm"))
@@ -323,6 +332,8 @@ def block(config: LLaDAConfig, layer: Params, x_BxLxD, cos_BxLxE, sin_BxLxE, key
   q = project("q_proj", h)
   k = project("k_proj", h)
   v = project("v_proj", h)
+  if config.qkv_bias:   # added after the projection (and after any LoRA delta), before RoPE
+    q, k, v = q + w["q_bias"], k + w["k_bias"], v + w["v_bias"]
   q, k = apply_rope(q, cos_BxLxE, sin_BxLxE), apply_rope(k, cos_BxLxE, sin_BxLxE)
   o_BxLxHxE = attention(q, k, v, key_mask_BxL, config.attention_impl)
   x_BxLxD = x_BxLxD + project("attn_out", o_BxLxHxE)
@@ -337,20 +348,10 @@ def positions_from_mask(attention_mask_BxL):
   return jnp.maximum(jnp.cumsum(attention_mask_BxL.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def forward(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=None,
-            positions=None, adapters=None, projector: Projector | None = None):
-  """Logits [B, L, V] for every position (no causal mask: the model is bidirectional).
-
-  With `config.honor_padding` (default) keys where `attention_mask == 0` are never attended to and
-  positions restart at each row's first real token, so a left-padded row gives the logits of the
-  unpadded row. With `honor_padding=False` the mask is ignored and positions are 0..L−1, as in the
-  original checkpoint code. Explicit `positions` override both.
-
-  `adapters` (a pytree whose leaves are stacked along the `layers` axis like `params["blocks"]`)
-  and `projector` are the LoRA hook (`mdpo_jax.models.lora.forward`); both None: the plain model.
-  """
-  _, length = tokens_BxL.shape
-  dt = jnp.dtype(config.dtype)
+def hidden_states(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=None,
+                  positions=None, adapters=None, projector: Projector | None = None):
+  """(final-norm hidden states [B, L, D], key mask [B, L] or None): the network up to the LM
+  head. Padding, `positions`, `adapters` and `projector` as in `forward`."""
   key_mask_BxL = None
   if config.honor_padding and attention_mask is not None:
     key_mask_BxL = attention_mask.astype(bool)
@@ -358,10 +359,10 @@ def forward(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=N
     if key_mask_BxL is not None:
       positions = positions_from_mask(key_mask_BxL)
     else:
-      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens_BxL.shape)
+      positions = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32),
+                                   tokens_BxL.shape)
   cos_BxLxE, sin_BxLxE = rope_tables(positions, config.head_dim, config.rope_theta)
-
-  x_BxLxD = jnp.take(params["wte"], tokens_BxL, axis=0).astype(dt)
+  x_BxLxD = jnp.take(params["wte"], tokens_BxL, axis=0).astype(jnp.dtype(config.dtype))
 
   def apply_block(x, layer_and_adapters):
     layer, layer_adapters = layer_and_adapters
@@ -379,15 +380,32 @@ def forward(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=N
   else:
     for i in range(config.n_layers):
       x_BxLxD = apply_block(x_BxLxD, jax.tree.map(lambda a, i=i: a[i], per_layer))
+  return rms_norm(x_BxLxD, params["ln_f"], config.rms_norm_eps), key_mask_BxL
 
-  x_BxLxD = rms_norm(x_BxLxD, params["ln_f"], config.rms_norm_eps)
-  if config.tie_embeddings:
-    head_DxV = params["wte"].T
-  else:
-    head_DxV = params["lm_head"]
-  logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV.astype(dt),
+
+def lm_head(config: LLaDAConfig, params: Params, x_BxLxD):
+  """Logits [B, L, V] (in `config.logits_dtype`) of hidden states, position by position."""
+  head_DxV = params["wte"].T if config.tie_embeddings else params["lm_head"]
+  logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV.astype(jnp.dtype(config.dtype)),
                             preferred_element_type=jnp.float32)
   return logits_BxLxV.astype(config.logits_dtype)
+
+
+def forward(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=None,
+            positions=None, adapters=None, projector: Projector | None = None):
+  """Logits [B, L, V] for every position (no causal mask: the model is bidirectional).
+
+  With `config.honor_padding` (default) keys where `attention_mask == 0` are never attended to and
+  positions restart at each row's first real token, so a left-padded row gives the logits of the
+  unpadded row. With `honor_padding=False` the mask is ignored and positions are 0..L−1, as in the
+  original checkpoint code. Explicit `positions` override both.
+
+  `adapters` (a pytree whose leaves are stacked along the `layers` axis like `params["blocks"]`)
+  and `projector` are the LoRA hook (`mdpo_jax.models.lora.forward`); both None: the plain model.
+  """
+  x_BxLxD, _ = hidden_states(config, params, tokens_BxL, attention_mask=attention_mask,
+                             positions=positions, adapters=adapters, projector=projector)
+  return lm_head(config, params, x_BxLxD)
 
 
 def forward_fn(config: LLaDAConfig) -> Callable:

@@ -39,7 +39,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mdpo_jax.sampling import categorical, guards, remask, sampler
+from mdpo_jax.sampling import categorical, remask, sampler
 
 # Sampler names for CLIs and configs: "llada" = `sampler.generate` (the scan with a commit
 # schedule and remasking rule), "fhs" = this module's `generate`.
@@ -145,17 +145,7 @@ def _generate(forward_fn, params, prompt_BxP, prompt_mask_BxP, rng, config: samp
 _generate_jit = jax.jit(_generate, static_argnames=("forward_fn", "config", "return_trajectory"))
 
 
-def _check_inputs(prompt_BxP, prompt_mask, config, rng) -> None:
-  if not isinstance(config, sampler.SamplerConfig):
-    raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
-  if getattr(prompt_BxP, "ndim", None) != 2:
-    raise ValueError(f"prompt_BxP must be a [batch, prompt_len] integer array, got shape "
-                     f"{getattr(prompt_BxP, 'shape', None)}")
-  if not jnp.issubdtype(prompt_BxP.dtype, jnp.integer):
-    raise ValueError(f"prompt_BxP must hold integer token ids, got dtype {prompt_BxP.dtype}")
-  if prompt_mask is not None and tuple(prompt_mask.shape) != tuple(prompt_BxP.shape):
-    raise ValueError(f"prompt_mask shape {tuple(prompt_mask.shape)} must equal prompt shape "
-                     f"{tuple(prompt_BxP.shape)}")
+def _check_keys(prompt_BxP, rng) -> None:
   typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
   key_shape = tuple(rng.shape) if typed else tuple(rng.shape[:-1])
   if key_shape not in ((), (prompt_BxP.shape[0],)):
@@ -177,11 +167,8 @@ def generate(forward_fn: Callable, params, prompt_BxP, config: sampler.SamplerCo
   `rng`: one key, or one key per row ([B] keys): then each row's draws come from its own key
   only, so a row's result does not depend on the batch it is run in.
   """
-  _check_inputs(prompt_BxP, prompt_mask, config, rng)
-  guards.check_prompts(prompt_BxP, prompt_mask, mask_id=config.mask_id,
-                       vocab_size=config.vocab_size)
-  if prompt_mask is None:
-    prompt_mask = jnp.ones(prompt_BxP.shape, jnp.int32)
+  prompt_mask = sampler.checked_inputs(prompt_BxP, prompt_mask, config)
+  _check_keys(prompt_BxP, rng)
   config = config.replace(steps=config.gen_length, remasking="random", schedule="llada",
                           eos_confidence_neg_inf=False)   # unused by FHS: one compilation
   tokens, trajectory = _generate_jit(sampler.static_callable(forward_fn), params, prompt_BxP,

@@ -289,6 +289,24 @@ def _generate(forward_fn, params, prompt_BxP, prompt_mask_BxP, rng, config: Samp
 _generate_jit = jax.jit(_generate, static_argnames=("forward_fn", "config", "return_trajectory"))
 
 
+def checked_inputs(prompt_BxP, prompt_mask, config: SamplerConfig):
+  """The boundary checks every sampler runs before its jitted scan (types, shapes, and on
+  concrete inputs `guards.check_prompts`); returns the prompt mask (all ones when None)."""
+  if not isinstance(config, SamplerConfig):
+    raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
+  if getattr(prompt_BxP, "ndim", None) != 2:
+    raise ValueError(f"prompt_BxP must be a [batch, prompt_len] integer array, got shape "
+                     f"{getattr(prompt_BxP, 'shape', None)}")
+  if not jnp.issubdtype(prompt_BxP.dtype, jnp.integer):
+    raise ValueError(f"prompt_BxP must hold integer token ids, got dtype {prompt_BxP.dtype}")
+  if prompt_mask is not None and tuple(prompt_mask.shape) != tuple(prompt_BxP.shape):
+    raise ValueError(f"prompt_mask shape {tuple(prompt_mask.shape)} must equal prompt shape "
+                     f"{tuple(prompt_BxP.shape)}")
+  guards.check_prompts(prompt_BxP, prompt_mask, mask_id=config.mask_id,
+                       vocab_size=config.vocab_size)
+  return jnp.ones(prompt_BxP.shape, jnp.int32) if prompt_mask is None else prompt_mask
+
+
 def generate(forward_fn: Callable, params, prompt_BxP, config: SamplerConfig, rng: jax.Array, *,
              prompt_mask=None, return_trajectory: bool = False):
   """Sample `config.gen_length` tokens after each (left-padded) prompt.
@@ -304,20 +322,7 @@ def generate(forward_fn: Callable, params, prompt_BxP, config: SamplerConfig, rn
   `ValueError` names the id, its row and position. Called under a trace (inside `jax.jit`) the
   check is skipped; no remasking kind ever writes a prompt position.
   """
-  if not isinstance(config, SamplerConfig):
-    raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
-  if getattr(prompt_BxP, "ndim", None) != 2:
-    raise ValueError(f"prompt_BxP must be a [batch, prompt_len] integer array, got shape "
-                     f"{getattr(prompt_BxP, 'shape', None)}")
-  if not jnp.issubdtype(prompt_BxP.dtype, jnp.integer):
-    raise ValueError(f"prompt_BxP must hold integer token ids, got dtype {prompt_BxP.dtype}")
-  if prompt_mask is not None and tuple(prompt_mask.shape) != tuple(prompt_BxP.shape):
-    raise ValueError(f"prompt_mask shape {tuple(prompt_mask.shape)} must equal prompt shape "
-                     f"{tuple(prompt_BxP.shape)}")
-  guards.check_prompts(prompt_BxP, prompt_mask, mask_id=config.mask_id,
-                       vocab_size=config.vocab_size)
-  if prompt_mask is None:
-    prompt_mask = jnp.ones(prompt_BxP.shape, jnp.int32)
+  prompt_mask = checked_inputs(prompt_BxP, prompt_mask, config)
   tokens, trajectory = _generate_jit(static_callable(forward_fn), params, prompt_BxP,
                                      prompt_mask, rng, config=config,
                                      return_trajectory=return_trajectory)
