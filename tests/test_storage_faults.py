@@ -157,3 +157,22 @@ def test_the_cli_exits_at_once_with_status_1_on_a_storage_error(monkeypatch, cap
   assert exits == [1]
   assert capsys.readouterr().err == ("error: cannot save step 4: checkpoint folder /x is not "
                                      "writable\n")
+
+
+@pytest.mark.parametrize("message,storage", [
+    ("RESOURCE_EXHAUSTED: Failed to write 216 bytes [os_error_code='28']", True),
+    ("PERMISSION_DENIED: Error writing local file", True),
+    ("Unsupported type for item 'state'", False)])   # a bug, not the disk: keeps its traceback
+def test_only_io_errors_from_the_writer_become_storage_errors(tmp_path, monkeypatch, message,
+                                                              storage):
+  ckpt = checkpoint.Checkpointer(tmp_path / "ckpt", async_save=False)
+
+  def failing_save(self, step, *args, **kw):
+    raise ValueError(message)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
+  expected = checkpoint.StorageError if storage else ValueError
+  with pytest.raises(expected) as e:
+    ckpt.save(1, {"w": np.zeros(4, np.float32)})
+  assert isinstance(e.value, checkpoint.StorageError) == storage
+  if storage:
+    assert str(e.value).startswith(f"saving step 1 to {tmp_path / 'ckpt'} failed: ")

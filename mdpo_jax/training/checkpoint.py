@@ -55,6 +55,15 @@ def _bounded(fn: Callable[[], Any], timeout_s: float, what: str) -> None:
     raise StorageError(f"{what} failed: {one_line(box['error'])}") from box["error"]
 
 
+# tensorstore reports I/O failures as ValueError with a status code and often an errno.
+_IO_STATUS = ("os_error_code", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAVAILABLE",
+              "DEADLINE_EXCEEDED", "DATA_LOSS", "Failed writing", "Error writing")
+
+
+def _is_io_error(error: ValueError) -> bool:
+  return any(marker in str(error) for marker in _IO_STATUS)
+
+
 def one_line(error: BaseException) -> str:
   """The error on one line, its OS cause first (tensorstore reports ENOSPC/EROFS deep inside a
   long ValueError), cut to a readable length."""
@@ -106,7 +115,9 @@ class Checkpointer:
       items["config"] = ocp.args.JsonSave(config)
     try:
       saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
-    except (OSError, ValueError, TimeoutError) as e:   # tensorstore reports I/O as ValueError
+    except (OSError, ValueError, TimeoutError) as e:
+      if isinstance(e, ValueError) and not _is_io_error(e):
+        raise   # not storage: a bug keeps its traceback
       raise StorageError(f"saving step {step} to {self.directory} failed: {one_line(e)}") from e
     if saved:
       logging.info("checkpoint: saving step %d to %s", step, self.directory)
