@@ -62,21 +62,21 @@ Design (why it looks like this):
   it before reporting ready, so slow imports (math-verify and sympy: ~0.5–2 s) are charged to
   start-up (`start_timeout_s`), not to the first check's time limit.
 
-Why hand-written rather than a library: measured against `pebble` 5.2.3 (the kept library for
-process pools with per-task timeouts; `ProcessPool` on forkserver) on Python 3.11, 2 workers on
-this 2-core machine while other jobs shared it, distinct Countdown checks of ~15–20 µs each, best
-of 5 per run, 6 runs: RewardPool (automatic chunks) scored 17,000–74,000 checks/s of 20,000;
-pebble's per-task `schedule`, the only pebble mode whose time limit is per check, 4,400–11,800
-checks/s of 4,000 — RewardPool was 2.9–6.9× faster in the same run (median 6.4×; pebble pays a
-future, a pickle and a round trip per check, and RL scores prompts × G × T checks per update).
-pebble's `map` with chunks (best of 16, 256, 2,500 per run) scored 23,000–65,000 checks/s, on par
-(RewardPool 0.6–1.5× of it), but its timeout is per *chunk*: five checks of 0.4–0.6 s in one chunk
-under a 1 s limit all failed as one timeout, and one hung check among 200 (chunks of 64, 1 s
-limit) lost its 63 chunk-mates (136 of 199 right answers, vs 199 with RewardPool; both calls ended
-after ~1.0 s). Per-check deadlines inside a chunk need the worker to say which check it is on,
-which pebble has no hook for; dedup, inline mode and the orphan backstop would have had to be
-written around it anyway. So this mechanism stayed, and `tasks/math.py`'s private worker
-subprocess was removed in its favour.
+Why hand-written rather than a library (`benchmarks/reward_pool_vs_pebble.py`): measured against
+`pebble` 5.2.3 (the kept library for process pools with per-task timeouts; `ProcessPool` on
+forkserver) on Python 3.11, 2 workers on this 2-core machine while other jobs shared it, distinct
+Countdown checks of ~15–20 µs each, best of 5 per run, 6 runs: RewardPool (automatic chunks) scored
+17,000–74,000 checks/s of 20,000; pebble's per-task `schedule`, the only pebble mode whose time
+limit is per check, 4,400–11,800 checks/s of 4,000 — RewardPool was 2.9–6.9× faster in the same run
+(median 6.4×; pebble pays a future, a pickle and a round trip per check, and RL scores prompts × G
+× T checks per update). pebble's `map` with chunks (best of 16, 256, 2,500 per run) scored
+23,000–65,000 checks/s, on par (RewardPool 0.6–1.5× of it), but its timeout is per *chunk*: five
+checks of 0.4–0.6 s in one chunk under a 1 s limit all failed as one timeout, and one hung check
+among 200 (chunks of 64, 1 s limit) lost its 63 chunk-mates (136 of 199 right answers, vs 199 with
+RewardPool; both calls ended after ~1.0 s). Per-check deadlines inside a chunk need the worker to
+say which check it is on, which pebble has no hook for; dedup, inline mode and the orphan backstop
+would have had to be written around it anyway. So this mechanism stayed, and `tasks/math.py`'s
+private worker subprocess was removed in its favour.
 
 `num_workers=0` scores inline in the calling process: no process start-up, no IPC — the right choice
 for tests and tiny runs — but also no protection: no time limit can be enforced on a running Python
