@@ -47,6 +47,7 @@ def guided_logits(
     cfg_scale: float | Array,
     mask_id: int,
     attention_mask: Array | None = None,
+    **forward_kwargs,
 ) -> Array:
   """Logits under unsupervised classifier-free guidance, `un + (w + 1)·(cond − un)`.
 
@@ -63,9 +64,12 @@ def guided_logits(
       learned/sampled schedule as in Co-GRPO) always takes the guided path.
     mask_id: id of the MASK token.
     attention_mask: optional [B, L] padding mask, used for both halves.
+    **forward_kwargs: passed to `forward_fn` (the KV-cache contract of `llada.forward`): with
+      `return_cache=True` the result is (logits, cache), the cache holding both halves (2B rows
+      under guidance); a `cache=` given back must be one made here with the same cfg_scale.
 
   Returns:
-    logits_BxLxV; float32 whenever guidance is applied.
+    logits_BxLxV (or [B, W, V] for a window forward); float32 whenever guidance is applied.
   """
   if jnp.ndim(tokens_BxL) != 2:
     raise ValueError(f"tokens_BxL must have shape [batch, length], got {jnp.shape(tokens_BxL)}")
@@ -77,7 +81,7 @@ def guided_logits(
                      f"got {jnp.shape(attention_mask)}")
   static = _check_cfg_scale(cfg_scale)
   if static and cfg_scale == 0.0:
-    return forward_fn(params, tokens_BxL, attention_mask=attention_mask)
+    return forward_fn(params, tokens_BxL, attention_mask=attention_mask, **forward_kwargs)
 
   batch = tokens_BxL.shape[0]
   if static:
@@ -94,7 +98,9 @@ def guided_logits(
   both_mask = None
   if attention_mask is not None:
     both_mask = jnp.concatenate([attention_mask, attention_mask], axis=0)
-  logits_2BxLxV = forward_fn(params, both_2BxL, attention_mask=both_mask)
+  out = forward_fn(params, both_2BxL, attention_mask=both_mask, **forward_kwargs)
+  logits_2BxLxV, cache = out if forward_kwargs.get("return_cache") else (out, None)
   cond_BxLxV = logits_2BxLxV[:batch].astype(jnp.float32)
   un_BxLxV = logits_2BxLxV[batch:].astype(jnp.float32)
-  return un_BxLxV + (w + 1.0) * (cond_BxLxV - un_BxLxV)
+  guided_BxLxV = un_BxLxV + (w + 1.0) * (cond_BxLxV - un_BxLxV)
+  return (guided_BxLxV, cache) if forward_kwargs.get("return_cache") else guided_BxLxV

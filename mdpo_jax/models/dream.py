@@ -35,6 +35,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 
 from mdpo_jax.models import llada
@@ -117,7 +118,8 @@ def shift_to_targets(rows_BxLxX, key_mask_BxL=None):
 
 
 def forward(config: DreamConfig, params: Params, tokens_BxL, *, attention_mask=None,
-            positions=None, adapters=None, projector: llada.Projector | None = None):
+            positions=None, adapters=None, projector: llada.Projector | None = None,
+            **cache_kwargs):
   """Logits [B, L, V] where row i is the prediction for token i (already shifted).
 
   The network (`llada.hidden_states` with q/k/v biases) is bidirectional; its raw output row
@@ -125,11 +127,24 @@ def forward(config: DreamConfig, params: Params, tokens_BxL, *, attention_mask=N
   hidden states before the LM head, so callers — samplers, losses, RL — read "prediction for
   position i at i" exactly as for LLaDA. Padding, `positions`, `adapters`/`projector` (LoRA's
   hook): as in `llada.forward`.
+
+  The cache contract of `llada.forward` holds with the shift: a window forward over positions
+  [s, s + W) runs the network on [s − 1, s + W) (so s ≥ 1) and keeps the shifted rows s..s+W−1.
   """
-  x_BxLxD, key_mask_BxL = llada.hidden_states(
-      config, params, tokens_BxL, attention_mask=attention_mask, positions=positions,
-      adapters=adapters, projector=projector)
-  return llada.lm_head(config, params, shift_to_targets(x_BxLxD, key_mask_BxL))
+  kw = dict(attention_mask=attention_mask, positions=positions, adapters=adapters,
+            projector=projector)
+  if cache_kwargs.get("cache") is not None:
+    start, width = cache_kwargs["window_start"], cache_kwargs["window_width"]
+    cache = cache_kwargs["cache"]
+    x_BxWxD, _ = llada.hidden_states(config, params, tokens_BxL, **kw, cache=cache,
+                                     window_start=start - 1, window_width=width + 1)
+    key_mask = cache.key_mask_BxL
+    if key_mask is not None:
+      key_mask = jax.lax.dynamic_slice(key_mask, (0, start - 1), (key_mask.shape[0], width + 1))
+    return llada.lm_head(config, params, shift_to_targets(x_BxWxD, key_mask)[:, 1:])
+  out = llada.hidden_states(config, params, tokens_BxL, **kw, **cache_kwargs)
+  logits = llada.lm_head(config, params, shift_to_targets(out[0], out[1]))
+  return (logits, out[2]) if cache_kwargs.get("return_cache") else logits
 
 
 def unshifted_logits(config: DreamConfig, params: Params, tokens_BxL, *, attention_mask=None,

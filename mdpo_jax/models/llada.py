@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -318,29 +318,38 @@ def plain_projector(w: Mapping[str, Any], adapters=None) -> Callable[[str, Any],
   return lambda name, x: jnp.einsum(PROJECTIONS[name], x, w[name])
 
 
-def block(config: LLaDAConfig, layer: Params, x_BxLxD, cos_BxLxE, sin_BxLxE, key_mask_BxL,
-          adapters=None, projector: Projector | None = None):
+def block(config: LLaDAConfig, layer: Params, x_BxWxD, cos_BxWxE, sin_BxWxE, key_mask_BxL,
+          adapters=None, projector: Projector | None = None, past_kv=None, window_start=None):
   """One pre-norm residual block: x += Attn(attn_norm(x)); x += MLP(ff_norm(x)).
 
+  Returns (new x, (k, v)): this block's keys (after RoPE) and values of the positions in x.
   `projector` (default `plain_projector`) builds the function that applies the seven weight
   projections from this layer's (compute-dtype) weights and its slice of `adapters`.
+  `past_kv` = (k_BxLxKxE, v_BxLxKxE) of the whole sequence (a KV cache): x then holds only the
+  window of positions [window_start, window_start + W), whose fresh keys/values replace the
+  cached ones there, and its queries attend over all L positions.
   """
-  dt = x_BxLxD.dtype
+  dt = x_BxWxD.dtype
   w = {name: value.astype(dt) for name, value in layer.items()}
   project = (projector or plain_projector)(w, adapters)
-  h = rms_norm(x_BxLxD, w["attn_norm"], config.rms_norm_eps)
+  h = rms_norm(x_BxWxD, w["attn_norm"], config.rms_norm_eps)
   q = project("q_proj", h)
   k = project("k_proj", h)
   v = project("v_proj", h)
   if config.qkv_bias:   # added after the projection (and after any LoRA delta), before RoPE
     q, k, v = q + w["q_bias"], k + w["k_bias"], v + w["v_bias"]
-  q, k = apply_rope(q, cos_BxLxE, sin_BxLxE), apply_rope(k, cos_BxLxE, sin_BxLxE)
-  o_BxLxHxE = attention(q, k, v, key_mask_BxL, config.attention_impl)
-  x_BxLxD = x_BxLxD + project("attn_out", o_BxLxHxE)
-  h = rms_norm(x_BxLxD, w["ff_norm"], config.rms_norm_eps)
-  gate_BxLxF = project("ff_proj", h)
-  up_BxLxF = project("up_proj", h)
-  return x_BxLxD + project("ff_out", jax.nn.silu(gate_BxLxF) * up_BxLxF)
+  q, k = apply_rope(q, cos_BxWxE, sin_BxWxE), apply_rope(k, cos_BxWxE, sin_BxWxE)
+  keys, values = k, v
+  if past_kv is not None:   # the window's fresh K/V over the cached ones of the whole sequence
+    at = (0, window_start, 0, 0)
+    keys = jax.lax.dynamic_update_slice(past_kv[0], k.astype(past_kv[0].dtype), at)
+    values = jax.lax.dynamic_update_slice(past_kv[1], v.astype(past_kv[1].dtype), at)
+  o_BxWxHxE = attention(q, keys, values, key_mask_BxL, config.attention_impl)
+  x_BxWxD = x_BxWxD + project("attn_out", o_BxWxHxE)
+  h = rms_norm(x_BxWxD, w["ff_norm"], config.rms_norm_eps)
+  gate_BxWxF = project("ff_proj", h)
+  up_BxWxF = project("up_proj", h)
+  return x_BxWxD + project("ff_out", jax.nn.silu(gate_BxWxF) * up_BxWxF), (k, v)
 
 
 def positions_from_mask(attention_mask_BxL):
@@ -348,25 +357,59 @@ def positions_from_mask(attention_mask_BxL):
   return jnp.maximum(jnp.cumsum(attention_mask_BxL.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def hidden_states(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=None,
-                  positions=None, adapters=None, projector: Projector | None = None):
-  """(final-norm hidden states [B, L, D], key mask [B, L] or None): the network up to the LM
-  head. Padding, `positions`, `adapters` and `projector` as in `forward`."""
-  key_mask_BxL = None
-  if config.honor_padding and attention_mask is not None:
-    key_mask_BxL = attention_mask.astype(bool)
-  if positions is None:
-    if key_mask_BxL is not None:
-      positions = positions_from_mask(key_mask_BxL)
-    else:
-      positions = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32),
-                                   tokens_BxL.shape)
-  cos_BxLxE, sin_BxLxE = rope_tables(positions, config.head_dim, config.rope_theta)
-  x_BxLxD = jnp.take(params["wte"], tokens_BxL, axis=0).astype(jnp.dtype(config.dtype))
+class KVCache(NamedTuple):
+  """Keys (after RoPE) and values of every layer and position: what a caching sampler reuses
+  across denoising steps (Fast-dLLM's approximate cache). Positions and the key mask of the
+  whole sequence come with it, so a window forward places its queries consistently with left
+  padding. k, v: [N, B, L, K, E] in the compute dtype; key_mask_BxL: bool or None (no padding)."""
 
-  def apply_block(x, layer_and_adapters):
-    layer, layer_adapters = layer_and_adapters
-    return block(config, layer, x, cos_BxLxE, sin_BxLxE, key_mask_BxL, layer_adapters, projector)
+  k: jax.Array
+  v: jax.Array
+  key_mask_BxL: jax.Array | None
+  positions_BxL: jax.Array
+
+
+def hidden_states(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=None,
+                  positions=None, adapters=None, projector: Projector | None = None,
+                  return_cache: bool = False, cache: KVCache | None = None,
+                  window_start=None, window_width: int | None = None):
+  """(final-norm hidden states, key mask [B, L] or None[, KVCache]): the network up to the LM
+  head. Padding, `positions`, `adapters` and `projector` as in `forward`.
+
+  The cache contract (what caching samplers use; `forward` passes it through):
+  * `return_cache=True`: also return the `KVCache` of this full forward.
+  * `cache=...`, `window_start=s` (may be traced), `window_width=W` (static): hidden states of
+    positions [s, s + W) only, shape [B, W, D]. Their queries attend to every position: the
+    window's keys/values are computed afresh from `tokens_BxL` (the whole current sequence),
+    all others come from the cache. With a cache made from the same tokens the result equals
+    the full forward's rows s..s+W−1 (up to float rounding).
+  """
+  if cache is not None:
+    if window_start is None or window_width is None or return_cache:
+      raise ValueError("a cached forward needs window_start and window_width (and returns no "
+                       "cache)")
+    key_mask_BxL, positions = cache.key_mask_BxL, cache.positions_BxL
+  else:
+    key_mask_BxL = None
+    if config.honor_padding and attention_mask is not None:
+      key_mask_BxL = attention_mask.astype(bool)
+    if positions is None:
+      if key_mask_BxL is not None:
+        positions = positions_from_mask(key_mask_BxL)
+      else:
+        positions = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32),
+                                     tokens_BxL.shape)
+  if cache is not None:
+    batch = tokens_BxL.shape[0]
+    tokens_BxL = jax.lax.dynamic_slice(tokens_BxL, (0, window_start), (batch, window_width))
+    positions = jax.lax.dynamic_slice(positions, (0, window_start), (batch, window_width))
+  cos_BxWxE, sin_BxWxE = rope_tables(positions, config.head_dim, config.rope_theta)
+  x_BxWxD = jnp.take(params["wte"], tokens_BxL, axis=0).astype(jnp.dtype(config.dtype))
+
+  def apply_block(x, per_layer):
+    layer, layer_adapters, past_kv = per_layer
+    return block(config, layer, x, cos_BxWxE, sin_BxWxE, key_mask_BxL, layer_adapters, projector,
+                 past_kv, window_start)
 
   if config.remat == "full":
     apply_block = jax.checkpoint(apply_block)
@@ -374,13 +417,25 @@ def hidden_states(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_
     apply_block = jax.checkpoint(
         apply_block, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
 
-  per_layer = (params["blocks"], adapters)
+  past = None if cache is None else (cache.k, cache.v)
+  per_layer = (params["blocks"], adapters, past)
+
+  def scan_body(x, layer):
+    x, kv = apply_block(x, layer)
+    return x, (kv if return_cache else None)
+
   if config.scan_layers:
-    x_BxLxD, _ = jax.lax.scan(lambda x, layer: (apply_block(x, layer), None), x_BxLxD, per_layer)
+    x_BxWxD, kv = jax.lax.scan(scan_body, x_BxWxD, per_layer)
   else:
+    kvs = []
     for i in range(config.n_layers):
-      x_BxLxD = apply_block(x_BxLxD, jax.tree.map(lambda a, i=i: a[i], per_layer))
-  return rms_norm(x_BxLxD, params["ln_f"], config.rms_norm_eps), key_mask_BxL
+      x_BxWxD, kv_i = scan_body(x_BxWxD, jax.tree.map(lambda a, i=i: a[i], per_layer))
+      kvs.append(kv_i)
+    kv = jax.tree.map(lambda *a: jnp.stack(a), *kvs) if return_cache else None
+  x_BxWxD = rms_norm(x_BxWxD, params["ln_f"], config.rms_norm_eps)
+  if return_cache:
+    return x_BxWxD, key_mask_BxL, KVCache(kv[0], kv[1], key_mask_BxL, positions)
+  return x_BxWxD, key_mask_BxL
 
 
 def lm_head(config: LLaDAConfig, params: Params, x_BxLxD):
@@ -392,7 +447,8 @@ def lm_head(config: LLaDAConfig, params: Params, x_BxLxD):
 
 
 def forward(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=None,
-            positions=None, adapters=None, projector: Projector | None = None):
+            positions=None, adapters=None, projector: Projector | None = None,
+            **cache_kwargs):
   """Logits [B, L, V] for every position (no causal mask: the model is bidirectional).
 
   With `config.honor_padding` (default) keys where `attention_mask == 0` are never attended to and
@@ -402,10 +458,14 @@ def forward(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=N
 
   `adapters` (a pytree whose leaves are stacked along the `layers` axis like `params["blocks"]`)
   and `projector` are the LoRA hook (`mdpo_jax.models.lora.forward`); both None: the plain model.
+
+  `cache_kwargs` is the cache contract of `hidden_states` (`return_cache=True` → (logits,
+  KVCache); `cache=, window_start=s, window_width=W` → logits [B, W, V] of positions s..s+W−1).
   """
-  x_BxLxD, _ = hidden_states(config, params, tokens_BxL, attention_mask=attention_mask,
-                             positions=positions, adapters=adapters, projector=projector)
-  return lm_head(config, params, x_BxLxD)
+  out = hidden_states(config, params, tokens_BxL, attention_mask=attention_mask,
+                      positions=positions, adapters=adapters, projector=projector, **cache_kwargs)
+  logits = lm_head(config, params, out[0])
+  return (logits, out[2]) if cache_kwargs.get("return_cache") else logits
 
 
 def forward_fn(config: LLaDAConfig) -> Callable:

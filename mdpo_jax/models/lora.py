@@ -265,14 +265,15 @@ def projector(config: families.ModelConfig, lora: LoraConfig) -> llada.Projector
 
 
 def forward(config: families.ModelConfig, lora: LoraConfig, base_params, adapters, tokens_BxL,
-            *, attention_mask=None, positions=None):
+            *, attention_mask=None, positions=None, **cache_kwargs):
   """Logits of the base model with adapters: each targeted projection is
   x·W + (alpha/rank)·(x·A)·B (computed by qwix), everything else as in the family's plain
-  `forward` (`llada.forward`, `dream.forward`: both take the same projector hook)."""
+  `forward` (`llada.forward`, `dream.forward`: both take the same projector hook and the same
+  cache contract, `cache_kwargs`)."""
   model = families.of_config(config).model
   return model.forward(config, base_params, tokens_BxL, attention_mask=attention_mask,
                        positions=positions, adapters=adapters["blocks"],
-                       projector=projector(config, lora))
+                       projector=projector(config, lora), **cache_kwargs)
 
 
 def forward_fn(config: families.ModelConfig, lora: LoraConfig, base_params) -> Any:

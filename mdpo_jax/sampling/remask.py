@@ -32,9 +32,10 @@ def confidence(kind: str, logits_BxLxV, x0_BxL, rng=None):
     if rng is None:
       raise ValueError("confidence(kind='random') needs an rng")
     return jax.random.uniform(rng, x0_BxL.shape, jnp.float32)
+  if kind == "low_confidence":   # exp(logit[x0] − logsumexp): no [B, L, V] log-probs in memory
+    chosen_BxL = jnp.take_along_axis(logits, x0_BxL[..., None], axis=-1)[..., 0]
+    return jnp.exp(chosen_BxL - jax.nn.logsumexp(logits, axis=-1))
   logp_BxLxV = jax.nn.log_softmax(logits, axis=-1)
-  if kind == "low_confidence":
-    return jnp.exp(jnp.take_along_axis(logp_BxLxV, x0_BxL[..., None], axis=-1)[..., 0])
   if kind == "margin":
     top2_BxLx2 = jax.lax.top_k(logp_BxLxV, 2)[0]
     return jnp.exp(top2_BxLx2[..., 0]) - jnp.exp(top2_BxLx2[..., 1])
@@ -76,7 +77,7 @@ def commit_low_confidence(x_BxL, x0_BxL, score_BxL, eligible_BxL, n, max_n: int)
 
 
 def rcr_step(x_BxL, x0_BxL, conf_BxL, run_conf_BxL, fill_BxL, revisable_BxL, num_remask,
-             max_remask: int, mask_id: int):
+             max_remask: int, mask_id: int, threshold: float | None = None):
   """One step of running-confidence remasking (MDPO, SPEC §3).
 
   1. Every position in `fill_BxL` (currently masked, at or before the block end) takes its
@@ -88,9 +89,16 @@ def rcr_step(x_BxL, x0_BxL, conf_BxL, run_conf_BxL, fill_BxL, revisable_BxL, num
   Protection is structural: positions outside `revisable_BxL` (prompt, padding, positions past
   the block) are never candidates, so neither a confidence tie at 1.0 nor a confidence that
   underflowed to 0 can ever re-mask a prompt token. Returns (new x, new run_conf, remasked_BxL).
+
+  `threshold` τ (confidence-threshold decoding): a position whose running confidence is ≥ τ is
+  never re-masked, so fewer than `num_remask` may be (each row: min(num_remask, #revisable
+  positions below τ)) and a block can finish early.
   """
   x_BxL = jnp.where(fill_BxL, x0_BxL, x_BxL)
   run_conf_BxL = jnp.where(fill_BxL, conf_BxL.astype(jnp.float32), run_conf_BxL)
+  if threshold is not None:
+    revisable_BxL = revisable_BxL & (run_conf_BxL < threshold)
+    num_remask = jnp.minimum(num_remask, revisable_BxL.sum(-1))
   remask_BxL = select_bottom(run_conf_BxL, revisable_BxL, num_remask, max_remask)
   return jnp.where(remask_BxL, mask_id, x_BxL), run_conf_BxL, remask_BxL
 

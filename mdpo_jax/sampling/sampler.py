@@ -1,13 +1,30 @@
-"""The masked-diffusion sampler: the whole denoising trajectory as one `lax.scan` in one `jit`.
+"""The masked-diffusion sampler: the whole denoising trajectory as nested `lax.scan`s in one `jit`.
 
 State `x = [prompt | MASK × gen_length]`. Blocks are decoded left to right (semi-autoregressive);
-inside a block, step i commits `n[i]` tokens (SPEC §3). Every step is one network call on the full
-sequence; the scan runs over all `steps` (block index = step // steps_per_block), with static
-shapes, so one compilation serves every call with the same shapes and settings.
+inside a block, step i commits `n[i]` tokens (SPEC §3). Static shapes throughout, so one
+compilation serves every call with the same shapes and settings.
 
 Any model plugs in through `forward_fn(params, tokens_BxL, attention_mask=mask_BxL) -> logits`
 (for ours, `llada.forward_fn(config)`); it is a static argument, so pass the same (hashable)
 object each call — a `functools.partial` of a module-level function is ideal.
+
+Fast sampling (Fast-dLLM's ideas, batched and jitted; SPEC §3 "Beyond the references"):
+* `cache="prefix"|"dual"`: a block's first step runs the full model and keeps every layer's
+  keys/values (`llada.KVCache`); its other steps run the model only on a window — the current
+  block and everything after it (prefix), or the block alone (dual) — attending to cached K/V
+  elsewhere. `forward_fn` must then honour the cache contract of `llada.forward`
+  (`return_cache=True`; `cache=, window_start=, window_width=`); LLaDA, Dream and LoRA do.
+  Candidates and confidences outside the window are those of the last step that computed them.
+  The cache is approximate: outside the window, deeper layers' K/V were computed before the
+  block's latest tokens existed (and with RCR, re-masked earlier tokens keep their old K/V and
+  candidates) until the next refresh. `cache_refresh=k` also makes every k-th step of a block a
+  full step that refreshes the cache (k = 1: every step, which reproduces cache="none").
+* `threshold=τ`: besides the scheduled tokens, every masked token of the block whose confidence
+  p(x0) is ≥ τ is committed (RCR: no token whose running confidence is ≥ τ is re-masked), so a
+  block can finish in fewer steps. A row whose block is done waits (its state is frozen); once
+  every row is done the remaining steps of the block are skipped without a model call. `steps`
+  stays the upper bound and the trajectory keeps `steps` rows (`Trajectory.active` marks which
+  did work per row); `generate(..., return_nfe=True)` reports the model calls made.
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ from mdpo_jax.diffusion import guidance
 from mdpo_jax.sampling import categorical, guards, remask
 
 REMASKING = ("low_confidence", "random", "margin", "entropy", "rcr")
+CACHES = ("none", "prefix", "dual")
 CONFIDENCE_FROM = ("logits", "tempered")
 SCHEDULES = ("llada", "linear")
 
@@ -54,6 +72,9 @@ class SamplerConfig:
   eos_logit_neg_inf: EOS can never be sampled (LLaDA `logits_eos_inf`).
   eos_confidence_neg_inf: EOS/EOT candidates are committed last (LLaDA `confidence_eos_eot_inf`).
   top_k / top_p filter the sampling distribution only; confidences use the unfiltered logits.
+  cache / cache_refresh / threshold: fast sampling (module docstring). At T > 0 a cached
+    sampler draws its noise for the window only, so its random stream differs from
+    cache="none"'s (at T = 0 it differs only through the cache's approximation).
   vocab_size: the model's vocabulary (`for_model` sets it); `generate` then rejects prompt ids
     outside [0, vocab_size). None: only negative ids are rejected.
 
@@ -77,12 +98,15 @@ class SamplerConfig:
   eos_id: int = 126081
   eot_id: int = 126348
   vocab_size: int | None = None
+  cache: str = "none"
+  cache_refresh: int = 0
+  threshold: float | None = None
 
   def __post_init__(self):
     self._check_lengths()
     self._check_numbers()
     for name, allowed in (("remasking", REMASKING), ("confidence_from", CONFIDENCE_FROM),
-                          ("schedule", SCHEDULES)):
+                          ("schedule", SCHEDULES), ("cache", CACHES)):
       value = getattr(self, name)
       if not isinstance(value, str) or value not in allowed:
         raise _bad(name, value, f"one of {allowed}")
@@ -122,6 +146,16 @@ class SamplerConfig:
       if not _is_real(self.top_p) or not 0 < self.top_p <= 1:   # also rejects NaN
         raise _bad("top_p", self.top_p, "None or a number in (0, 1] (1 = off)")
       self._set("top_p", float(self.top_p))
+    if self.threshold is not None:
+      if not _is_real(self.threshold) or not 0 < self.threshold <= 1:
+        raise _bad("threshold", self.threshold, "None (off) or a confidence in (0, 1]")
+      self._set("threshold", float(self.threshold))
+    if not _is_int(self.cache_refresh) or self.cache_refresh < 0:
+      raise _bad("cache_refresh", self.cache_refresh,
+                 "an integer ≥ 0 (0 = refresh the cache only when a block starts)")
+    self._set("cache_refresh", int(self.cache_refresh))
+    if self.cache_refresh and self.cache == "none":
+      raise _bad("cache_refresh", self.cache_refresh, "0 when cache='none' (nothing to refresh)")
 
   def _check_ids(self) -> None:
     if self.vocab_size is not None:
@@ -169,42 +203,62 @@ class Trajectory(NamedTuple):
   x: state before the step (x_t). x0: the full prediction x̂0_t = where(x_t masked, candidate,
   x_t). confidence: float32 score of each candidate under `confidence_from` (all positions).
   committed: positions masked in x_t and unmasked after the step.
+  active: [T, B] bool, the row still had masked positions in its block at this step (always
+  True without a threshold; under a threshold a False row's step changed nothing, and where a
+  whole step is False no model call was made). None for samplers that do not record it.
+  With a cache, x0/confidence outside the step's window are those of the last step that
+  computed them.
   """
 
   x: jax.Array
   x0: jax.Array
   confidence: jax.Array
   committed: jax.Array
+  active: jax.Array | None = None
 
 
-def _model_logits(forward_fn, params, x_BxL, attn_BxL, prompt_BxL, config: SamplerConfig):
+def _model_logits(forward_fn, params, x_BxL, attn_BxL, prompt_BxL, config: SamplerConfig,
+                  **cache_kwargs):
+  """Float32 logits of the model (guided when cfg_scale > 0) with the mask token (and EOS, if
+  asked) made impossible; with `return_cache=True`, (logits, cache)."""
   if config.cfg_scale > 0:
-    logits = guidance.guided_logits(forward_fn, params, x_BxL, prompt_BxL,
-                                    cfg_scale=config.cfg_scale, mask_id=config.mask_id,
-                                    attention_mask=attn_BxL)
+    out = guidance.guided_logits(forward_fn, params, x_BxL, prompt_BxL,
+                                 cfg_scale=config.cfg_scale, mask_id=config.mask_id,
+                                 attention_mask=attn_BxL, **cache_kwargs)
   else:
-    logits = forward_fn(params, x_BxL, attention_mask=attn_BxL)
+    out = forward_fn(params, x_BxL, attention_mask=attn_BxL, **cache_kwargs)
+  logits, cache = out if cache_kwargs.get("return_cache") else (out, None)
   # The mask token is never a candidate: committing it would leave a "committed" position masked
   # (trained models never predict it; an untrained or fine-tuned one might).
   logits = logits.astype(jnp.float32).at[..., config.mask_id].set(-jnp.inf)
   if config.eos_logit_neg_inf:
     logits = logits.at[..., config.eos_id].set(-jnp.inf)
-  return logits
+  return (logits, cache) if cache_kwargs.get("return_cache") else logits
 
 
-def _step_scores(config: SamplerConfig, logits_BxLxV, x0_BxL, rng):
-  """(recorded confidence, selection score) of each candidate."""
-  conf_logits = logits_BxLxV
+def _step_scores(config: SamplerConfig, logits_BxWxV, x0_BxW):
+  """(recorded confidence, ranking score) of each candidate; the "random" kind's score is drawn
+  by the caller (over the whole sequence) and here equals the confidence."""
+  conf_logits = logits_BxWxV
   if config.confidence_from == "tempered" and config.temperature > 0:
-    conf_logits = logits_BxLxV / config.temperature
-  conf_BxL = remask.confidence("low_confidence", conf_logits, x0_BxL)
+    conf_logits = logits_BxWxV / config.temperature
+  conf_BxW = remask.confidence("low_confidence", conf_logits, x0_BxW)
   kind = "low_confidence" if config.remasking == "rcr" else config.remasking
-  score_BxL = conf_BxL if kind == "low_confidence" else remask.confidence(
-      kind, conf_logits, x0_BxL, rng)
-  if config.eos_confidence_neg_inf:
-    is_end = (x0_BxL == config.eos_id) | (x0_BxL == config.eot_id)
-    score_BxL = jnp.where(is_end, -jnp.inf, score_BxL)
-  return conf_BxL, score_BxL
+  score_BxW = conf_BxW if kind in ("low_confidence", "random") else remask.confidence(
+      kind, conf_logits, x0_BxW)
+  return conf_BxW, score_BxW
+
+
+class _State(NamedTuple):
+  """What one step hands the next: the tokens, RCR's running confidences, the last candidates,
+  confidences and ranking scores computed at each position, and the model calls made."""
+
+  x_BxL: jax.Array
+  run_conf_BxL: jax.Array
+  cand_BxL: jax.Array
+  conf_BxL: jax.Array
+  score_BxL: jax.Array
+  nfe: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +291,7 @@ def _generate(forward_fn, params, prompt_BxP, prompt_mask_BxP, rng, config: Samp
               return_trajectory: bool):
   batch, prompt_len = prompt_BxP.shape
   total = prompt_len + config.gen_length
-  spb = config.steps_per_block
+  spb, blen, tau = config.steps_per_block, config.block_length, config.threshold
   counts = config.schedule_counts()
   # Tokens still to commit in this block after step i (RCR keeps this many masked).
   remaining = np.asarray([counts[i + 1:].sum() for i in range(spb)], np.int32)
@@ -253,37 +307,138 @@ def _generate(forward_fn, params, prompt_BxP, prompt_mask_BxP, rng, config: Samp
   pos_L = jnp.arange(total)
   generated_L = pos_L >= prompt_len
 
-  def step(carry, t):
-    x_BxL, run_conf_BxL = carry
-    block, i = t // spb, t % spb
-    block_end = prompt_len + (block + 1) * config.block_length
-    in_reach_L = pos_L < block_end  # at or before the current block's end
-    step_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, t))
+  def model(x_BxL, **cache_kwargs):
+    return _model_logits(forward_fn, params, x_BxL, attn_BxL, prompt_BxL, config, **cache_kwargs)
 
-    logits_BxLxV = _model_logits(forward_fn, params, x_BxL, attn_BxL, prompt_BxL, config)
-    cand_BxL = categorical.sample_categorical(step_rng, logits_BxLxV, config.temperature,
+  def todo_BxL(x_BxL, in_reach_L):
+    """Masked generated positions at or before the current block's end: the block's work."""
+    return (x_BxL == config.mask_id) & in_reach_L & generated_L
+
+  def decide(state: _State, logits_BxWxV, start, t, i, in_reach_L):
+    """One step's choice from the logits of the window [start, start + W)."""
+    step_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, t))
+    cand_BxW = categorical.sample_categorical(step_rng, logits_BxWxV, config.temperature,
                                               top_k=config.top_k, top_p=config.top_p)
+    conf_BxW, score_BxW = _step_scores(config, logits_BxWxV, cand_BxW)
+    at = (0, start)
+    cand_BxL = jax.lax.dynamic_update_slice(state.cand_BxL, cand_BxW, at)
+    conf_BxL = jax.lax.dynamic_update_slice(state.conf_BxL, conf_BxW, at)
+    score_BxL = jax.lax.dynamic_update_slice(state.score_BxL, score_BxW, at)
+    if config.remasking == "random":
+      score_BxL = jax.random.uniform(noise_rng, (batch, total), jnp.float32)
+    rank_BxL = score_BxL
+    if config.eos_confidence_neg_inf:
+      is_end = (cand_BxL == config.eos_id) | (cand_BxL == config.eot_id)
+      rank_BxL = jnp.where(is_end, -jnp.inf, rank_BxL)
+
+    x_BxL, run_conf_BxL = state.x_BxL, state.run_conf_BxL
     masked_BxL = x_BxL == config.mask_id
     x0_BxL = jnp.where(masked_BxL, cand_BxL, x_BxL)
-    conf_BxL, score_BxL = _step_scores(config, logits_BxLxV, cand_BxL, noise_rng)
-
+    eligible_BxL = todo_BxL(x_BxL, in_reach_L)   # only the generated part is ever written
+    active_B = eligible_BxL.any(-1)
     if config.remasking == "rcr":
-      fill_BxL = masked_BxL & in_reach_L & generated_L
-      new_x_BxL, run_conf_BxL, _ = remask.rcr_step(
-          x_BxL, x0_BxL, score_BxL, run_conf_BxL, fill_BxL,
+      new_x_BxL, new_run_conf_BxL, _ = remask.rcr_step(
+          x_BxL, x0_BxL, rank_BxL, run_conf_BxL, eligible_BxL,
           jnp.broadcast_to(in_reach_L & generated_L, x_BxL.shape), remaining_S[i],
-          int(remaining.max()), config.mask_id)
-    else:  # like RCR, only the generated part is ever written (a prompt keeps its tokens)
-      eligible_BxL = masked_BxL & in_reach_L & generated_L
-      new_x_BxL, _ = remask.commit_low_confidence(x_BxL, x0_BxL, score_BxL, eligible_BxL,
+          int(remaining.max()), config.mask_id, threshold=tau)
+    elif tau is None:
+      new_x_BxL, _ = remask.commit_low_confidence(x_BxL, x0_BxL, rank_BxL, eligible_BxL,
                                                   counts_S[i], int(counts.max()))
+      new_run_conf_BxL = run_conf_BxL
+    else:   # the scheduled top-n, and every confident token (never one ranked last, -inf)
+      n_B = jnp.minimum(counts_S[i], eligible_BxL.sum(-1))
+      top_BxL = remask.select_top(rank_BxL, eligible_BxL, n_B, int(counts.max()))
+      sure_BxL = eligible_BxL & (conf_BxL >= tau) & (rank_BxL > -jnp.inf)
+      new_x_BxL = jnp.where(top_BxL | sure_BxL, x0_BxL, x_BxL)
+      new_run_conf_BxL = run_conf_BxL
+    if tau is not None:   # a finished row waits for the others, unchanged
+      new_x_BxL = jnp.where(active_B[:, None], new_x_BxL, x_BxL)
+      new_run_conf_BxL = jnp.where(active_B[:, None], new_run_conf_BxL, run_conf_BxL)
     committed_BxL = masked_BxL & (new_x_BxL != config.mask_id)
-    record = Trajectory(x_BxL, x0_BxL, conf_BxL, committed_BxL) if return_trajectory else None
-    return (new_x_BxL, run_conf_BxL), record
+    record = (Trajectory(x_BxL, x0_BxL, conf_BxL, committed_BxL, active_B)
+              if return_trajectory else None)
+    return _State(new_x_BxL, new_run_conf_BxL, cand_BxL, conf_BxL, score_BxL,
+                  state.nfe + 1), record
 
-  run_conf0_BxL = jnp.zeros((batch, total), jnp.float32)
-  (x_BxL, _), trajectory = jax.lax.scan(step, (x_BxL, run_conf0_BxL), jnp.arange(config.steps))
-  return x_BxL, trajectory
+  def idle(state: _State):
+    """A skipped step (threshold: every row's block is done): no model call, nothing changes."""
+    x_BxL = state.x_BxL
+    if not return_trajectory:
+      return state, None
+    x0_BxL = jnp.where(x_BxL == config.mask_id, state.cand_BxL, x_BxL)
+    return state, Trajectory(x_BxL, x0_BxL, state.conf_BxL, jnp.zeros(x_BxL.shape, bool),
+                             jnp.zeros((batch,), bool))
+
+  def maybe(work, state: _State, in_reach_L, *args):
+    """`work(state, *args)`, skipped once no row has work left in the block (threshold only)."""
+    if tau is None:
+      return work(state, *args)
+    return jax.lax.cond(todo_BxL(state.x_BxL, in_reach_L).any(),
+                        lambda s, a: work(s, *a), lambda s, a: idle(s), state, args)
+
+  def run_block(state: _State, b, start, width: int):
+    """Every step of block b (b and start may be traced; width is static)."""
+    in_reach_L = pos_L < prompt_len + (b + 1) * blen
+    t0 = b * spb
+    if config.cache == "none":
+      def step(state, i):
+        return maybe(lambda s: decide(s, model(s.x_BxL), 0, t0 + i, i, in_reach_L), state,
+                     in_reach_L)
+      return jax.lax.scan(step, state, jnp.arange(spb))
+
+    logits_BxLxV, cache = model(state.x_BxL, return_cache=True)   # a block starts: refresh
+    state, record0 = decide(state, logits_BxLxV, 0, t0, 0, in_reach_L)
+
+    def cached_step(carry, i):
+      state, cache = carry
+
+      def windowed(state, cache):
+        logits_BxWxV = model(state.x_BxL, cache=cache, window_start=start, window_width=width)
+        state, record = decide(state, logits_BxWxV, start, t0 + i, i, in_reach_L)
+        return (state, cache), record
+
+      def refreshed(state, cache):   # a full step, as at the block's start
+        logits_BxLxV, cache = model(state.x_BxL, return_cache=True)
+        state, record = decide(state, logits_BxLxV, 0, t0 + i, i, in_reach_L)
+        return (state, cache), record
+
+      def work(state, cache):
+        if not config.cache_refresh:
+          return windowed(state, cache)
+        return jax.lax.cond(i % config.cache_refresh == 0, refreshed, windowed, state, cache)
+
+      def skip(state, cache):
+        state, record = idle(state)
+        return (state, cache), record
+
+      if tau is None:
+        return work(state, cache)
+      return jax.lax.cond(todo_BxL(state.x_BxL, in_reach_L).any(), work, skip, state, cache)
+
+    (state, _), records = jax.lax.scan(cached_step, (state, cache), jnp.arange(1, spb))
+    if return_trajectory:
+      records = jax.tree.map(lambda r0, r: jnp.concatenate([r0[None], r]), record0, records)
+    return state, records
+
+  state = _State(x_BxL, jnp.zeros((batch, total), jnp.float32),
+                 jnp.full((batch, total), config.mask_id, jnp.int32),
+                 jnp.zeros((batch, total), jnp.float32), jnp.zeros((batch, total), jnp.float32),
+                 jnp.zeros((), jnp.int32))
+  if config.cache == "prefix":   # the window shrinks block by block: one program per block
+    per_block = []
+    for b in range(config.num_blocks):
+      start = prompt_len + b * blen
+      state, records = run_block(state, b, start, total - start)
+      per_block.append(records)
+    trajectory = (jax.tree.map(lambda *r: jnp.concatenate(r), *per_block)
+                  if return_trajectory else None)
+  else:   # none: the whole sequence every step; dual: the block's window, a fixed width
+    def block_body(state, b):
+      return run_block(state, b, prompt_len + b * blen, blen if config.cache == "dual" else total)
+    state, trajectory = jax.lax.scan(block_body, state, jnp.arange(config.num_blocks))
+    if return_trajectory:
+      trajectory = jax.tree.map(lambda r: r.reshape((-1,) + r.shape[2:]), trajectory)
+  return state.x_BxL, trajectory, state.nfe
 
 
 _generate_jit = jax.jit(_generate, static_argnames=("forward_fn", "config", "return_trajectory"))
@@ -308,11 +463,13 @@ def checked_inputs(prompt_BxP, prompt_mask, config: SamplerConfig):
 
 
 def generate(forward_fn: Callable, params, prompt_BxP, config: SamplerConfig, rng: jax.Array, *,
-             prompt_mask=None, return_trajectory: bool = False):
+             prompt_mask=None, return_trajectory: bool = False, return_nfe: bool = False):
   """Sample `config.gen_length` tokens after each (left-padded) prompt.
 
-  Returns the final sequences [B, P + gen_length] (prompt included), and with
-  `return_trajectory=True` also a `Trajectory`. Rows may have different prompt lengths: left-pad
+  Returns the final sequences [B, P + gen_length] (prompt included); with
+  `return_trajectory=True` also a `Trajectory`, with `return_nfe=True` also the number of model
+  calls made (an int32 scalar array; a guided call on the doubled batch counts once), in that
+  order: (tokens[, trajectory][, nfe]). Rows may have different prompt lengths: left-pad
   and pass `prompt_mask` (1 = real token). Params and prompts may be sharded (e.g. batch over the
   data axes of a mesh); the output follows XLA's sharding propagation.
 
@@ -323,7 +480,8 @@ def generate(forward_fn: Callable, params, prompt_BxP, config: SamplerConfig, rn
   check is skipped; no remasking kind ever writes a prompt position.
   """
   prompt_mask = checked_inputs(prompt_BxP, prompt_mask, config)
-  tokens, trajectory = _generate_jit(static_callable(forward_fn), params, prompt_BxP,
-                                     prompt_mask, rng, config=config,
-                                     return_trajectory=return_trajectory)
-  return (tokens, trajectory) if return_trajectory else tokens
+  tokens, trajectory, nfe = _generate_jit(static_callable(forward_fn), params, prompt_BxP,
+                                          prompt_mask, rng, config=config,
+                                          return_trajectory=return_trajectory)
+  out = (tokens,) + ((trajectory,) if return_trajectory else ()) + ((nfe,) if return_nfe else ())
+  return out if len(out) > 1 else tokens
