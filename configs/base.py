@@ -125,6 +125,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.remasking = ("low_confidence", "rcr")
   c.eval.temperature = 0.0
   c.eval.trajectory_stats = True  # score every intermediate prediction x̂0_t too
+  c.eval.cache = "none"        # none | prefix | dual: the sampler's KV cache (Fast-dLLM-style)
+  c.eval.threshold = 0.0       # > 0: also commit every token with confidence ≥ this (0 = off)
 
   # ---- RL (trainer = mdpo | diffu_grpo) ------------------------------------------------------
   c.rl = ml_collections.ConfigDict()
@@ -139,6 +141,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.steps = 12              # denoising steps per rollout (MDPO trains on up to top_k of them)
   c.rl.block_lengths = (48,)   # one drawn per rollout batch (the reference mixes 128 and 512)
   c.rl.remasking = "low_confidence"
+  c.rl.cache = "none"          # none | prefix | dual: KV cache of the rollout sampler (MDPO's
+                               # per-step x̂0_t record stays complete; positions outside the
+                               # cache window carry their last prediction)
   c.rl.clip_eps = 0.2          # PPO clip (diffu-GRPO reference: 0.5)
   c.rl.beta = 0.0              # KL weight; 0 → no reference model in memory (MDPO: k2, d1: k3)
   c.rl.prompt_mask_prob = 0.15  # diffu-GRPO: prompt tokens masked in the one-step estimate

@@ -209,6 +209,8 @@ class EvalConfig(_Section):
   remasking: tuple[str, ...]
   temperature: float
   trajectory_stats: bool
+  cache: str
+  threshold: float
 
 
 @_frozen
@@ -224,6 +226,7 @@ class RLConfig(_Section):
   steps: int
   block_lengths: tuple[int, ...]
   remasking: str
+  cache: str
   clip_eps: float
   beta: float
   prompt_mask_prob: float
@@ -449,7 +452,8 @@ _RULES: dict[str, dict[str, Rule]] = {
     "eval": {
         **{k: _POSITIVE for k in ("num_problems", "batch_size", "gen_length", "block_length")},
         "remasking": _each_in(sampler.REMASKING), "temperature": _NON_NEGATIVE,
-        "sampler": _one_of(fhs.SAMPLERS),
+        "sampler": _one_of(fhs.SAMPLERS), "cache": _one_of(sampler.CACHES),
+        "threshold": _within(0, 1),
     },
     "rl": {   # applied for RL trainers only
         **{k: _POSITIVE for k in ("num_updates", "prompts_per_update", "top_k", "inner_iters",
@@ -457,7 +461,7 @@ _RULES: dict[str, dict[str, Rule]] = {
                                   "filter_refresh_updates")},
         "group_size": _at_least(2, "group-relative advantages need ≥ 2"),
         "temperature": _above(0, "rollouts must sample (T > 0)"),
-        "remasking": _one_of(sampler.REMASKING),
+        "remasking": _one_of(sampler.REMASKING), "cache": _one_of(sampler.CACHES),
         "clip_eps": _within(0, 1, open_high=True), "beta": _NON_NEGATIVE,
         "prompt_mask_prob": _within(0, 1), "filter": _one_of(FILTERS),
         "prompt_source": _one_of(PROMPT_SOURCES), "fresh_size": _NON_NEGATIVE,
@@ -568,11 +572,15 @@ def _check_eval(c: RunConfig) -> None:
   """Every (steps × remasking) setting is a valid sampler: fails in seconds, not after training."""
   ev = c.eval
   first_hitting = ev.sampler == "fhs"   # one token per call: steps/remasking do not apply
+  if first_hitting and (ev.cache != "none" or ev.threshold):
+    raise ValueError(f"eval.cache={ev.cache!r}, eval.threshold={ev.threshold!r}: fast sampling "
+                     "applies to eval.sampler='llada' only (use 'none' and 0 with 'fhs')")
   for steps in (ev.gen_length,) if first_hitting else ev.steps:
     for remasking in ("random",) if first_hitting else ev.remasking:
       try:
         sampler.SamplerConfig(gen_length=ev.gen_length, block_length=ev.block_length,
-                              steps=steps, remasking=remasking, temperature=ev.temperature)
+                              steps=steps, remasking=remasking, temperature=ev.temperature,
+                              cache=ev.cache, threshold=ev.threshold or None)
       except ValueError as e:
         raise ValueError(str(e).replace("SamplerConfig.", "eval.")) from None
 
@@ -667,7 +675,7 @@ def _check_keys(tree: dict) -> None:
 # Keys a resumed run may change: where and how long it runs, what it logs and evaluates, how
 # rewards are computed in parallel. The rest change what a step computes (shapes, data, the
 # objective) and must match the checkpoint's config unless `train.resume_allow` names them.
-RESUME_FREE = ("mesh", "train", "eval", "logging", "model.remat", "rl.num_updates",
+RESUME_FREE = ("mesh", "train", "eval", "logging", "model.remat", "rl.num_updates", "rl.cache",
                "rl.reward_workers", "rl.reward_timeout_s")
 
 

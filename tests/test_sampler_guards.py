@@ -140,6 +140,12 @@ _CONFIG_ERRORS = [
     (dict(mask_id=40, vocab_size=40), "mask_id=40: allowed a token id in [0, vocab_size=40)"),
     (dict(vocab_size=0), "vocab_size=0: allowed None or a positive integer"),
     (dict(mask_id=7, eos_id=7), "mask_id=7: allowed an id other than eos_id=7 and eot_id=126348"),
+    (dict(cache="full"), "cache='full': allowed one of ('none', 'prefix', 'dual')"),
+    (dict(threshold=0.0), "threshold=0.0: allowed None (off) or a confidence in (0, 1]"),
+    (dict(threshold=float("nan")), "threshold=nan: allowed None (off) or a confidence in (0, 1]"),
+    (dict(cache="dual", cache_refresh=-1),
+     "cache_refresh=-1: allowed an integer ≥ 0 (0 = refresh the cache only when a block starts)"),
+    (dict(cache_refresh=2), "cache_refresh=2: allowed 0 when cache='none' (nothing to refresh)"),
 ]
 
 

@@ -96,7 +96,7 @@ class _Learner:
     kw = {} if temperature is None else {"temperature": temperature}
     return SamplerConfig.for_model(self.run.model_cfg, gen_length=self.rl.gen_length,
                                    block_length=block, steps=self.rl.steps,
-                                   remasking=self.rl.remasking, **kw)
+                                   remasking=self.rl.remasking, cache=self.rl.cache, **kw)
 
   def refresh_filter(self, update: int, params) -> None:
     """MDPO's over-denoising filter (SPEC §4.7), recomputed every `rl.filter_refresh_updates`."""
