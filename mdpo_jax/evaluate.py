@@ -10,6 +10,11 @@ was right while the final answer was wrong (over-denoising). `--checkpoint` is a
 checkpoint folder (a LoRA run's adapters are merged into its base, rebuilt from the config saved
 with the checkpoint); `--hf_checkpoint` evaluates a Hugging Face folder instead.
 
+`--plots DIR` also draws (`mdpo_jax.plots`): per setting, the trajectory of held-out problem
+`--plot_problem` exactly as it was scored (trajectory_<setting>.png); with
+`eval.trajectory_stats`, over_denoising.png (per step, how often x̂0_t was right, split by the
+final answer); and, when the checkpoint's run folder holds metrics.jsonl, training_curves.png.
+
 Exit status 2 with one `error: ...` line for a user error (a config file or value, a missing
 folder, an --output that cannot be written: all checked before anything is evaluated); a
 traceback only for a bug.
@@ -19,12 +24,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mdpo_jax import cli, parallel
+from mdpo_jax import cli, parallel, plots
+from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.training import evaluation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.",
@@ -33,6 +40,10 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run's WORKDIR/checkpoin
 _HF = flags.DEFINE_string("hf_checkpoint", None, "Or a Hugging Face folder of the config's "
                           "model.family (LLaDA, or Dream with --config.model.family=dream).")
 _OUT = flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
+_PLOTS = flags.DEFINE_string("plots", None, "Also draw PNG pictures into this folder (made if "
+                             "missing): trajectories, over-denoising, training curves.")
+_PLOT_PROBLEM = flags.DEFINE_integer("plot_problem", 0, "With --plots: the held-out problem whose "
+                                     "trajectory is drawn (an index in the first eval batch).")
 
 
 def _check_paths(checkpoint: str | None, hf_checkpoint: str | None, output: str | None) -> None:
@@ -51,15 +62,60 @@ def _check_paths(checkpoint: str | None, hf_checkpoint: str | None, output: str 
                            "existing, writable folder")
 
 
+def _check_plots(folder: str | None, problem: int, config) -> None:
+  """--plots and --plot_problem errors, before anything is loaded: one UsageError line."""
+  if folder is None:
+    return
+  why = plots.folder_problem(folder)
+  if why:
+    raise app.UsageError(f"--plots={folder}: {why}")
+  limit = min(config.eval.batch_size, config.eval.num_problems)
+  if not 0 <= problem < limit:
+    raise app.UsageError(f"--plot_problem={problem}: allowed 0 ≤ i < {limit} (the first "
+                         "evaluation batch: min(eval.batch_size, eval.num_problems))")
+
+
+def _draw(folder: str, rows: list[dict], model: evaluation.LoadedModel, problem: int) -> None:
+  """The --plots pictures; prints each file's path."""
+  out = Path(folder)
+  out.mkdir(parents=True, exist_ok=True)
+  problems = model.problems()
+  written = []
+  for setting in evaluation.settings_from_config(model.config.eval):
+    tokens, traj, p = evaluation.first_batch_trajectory(model, problems, setting)
+    stops = (model.model_cfg.eos_token_id, model.model_cfg.eot_token_id)
+    answer = decode_completions(model.tokenizer, tokens[problem:problem + 1, p:], stops)[0]
+    right = model.task.reward(answer, problems[problem]) >= 1
+    prompt = " ".join(model.task.prompt(problems[problem]).split())
+    title = (f"held-out problem {problem}: {prompt} → {answer} "
+             f"({'right' if right else 'wrong'}); {setting.name}")
+    name = setting.name.replace("/", "_").replace("=", "")
+    written += plots.write_trajectories(str(out / f"trajectory_{name}.png"), traj, tokens, p,
+                                        model.tokenizer, model.model_cfg, rows=[problem],
+                                        titles=[title])
+  curves = {r["setting"]: plots.StepCorrectness.from_json(r["step_curves"])
+            for r in rows if "step_curves" in r}
+  if curves:
+    written.append(plots.save(plots.over_denoising_figure(curves), out / "over_denoising.png"))
+  metrics = Path(model.config.model.init_checkpoint or "/nonexistent").parent / "metrics.jsonl"
+  if metrics.is_file():
+    run = {metrics.parent.name: plots.training_curves(plots.read_metrics(metrics))}
+    written.append(plots.save(plots.training_figure(run), out / "training_curves.png"))
+  for path in written:
+    print(f"picture: {path}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = cli.config_value(_CONFIG)   # a config file that does not load: one line
   _check_paths(_CHECKPOINT.value, _HF.value, _OUT.value)
+  _check_plots(_PLOTS.value, _PLOT_PROBLEM.value, config)
   parallel.initialize_distributed()
   try:
-    rows, n = evaluation.evaluate_checkpoint(config, checkpoint=_CHECKPOINT.value,
-                                             hf_checkpoint=_HF.value)
+    model = evaluation.load_checkpoint(config, checkpoint=_CHECKPOINT.value,
+                                       hf_checkpoint=_HF.value)
+    rows, n = evaluation.evaluate_checkpoint(config, model=model)
   except (ValueError, FileNotFoundError) as e:   # config, file and prompt errors: one line
     raise app.UsageError(str(e)) from e
   if jax.process_index() == 0:
@@ -69,6 +125,8 @@ def main(argv):
     if _OUT.value:
       with open(_OUT.value, "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=1)
+    if _PLOTS.value:
+      _draw(_PLOTS.value, rows, model, _PLOT_PROBLEM.value)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ r"""Generate an answer from a Hugging Face LLaDA or Dream folder with the jitted
 
   python -m mdpo_jax.generate --checkpoint ... --prompt "..." --sampler fhs --temperature 1
 
+  python -m mdpo_jax.generate --checkpoint ... --prompt "..." --gen_length 256 --block_length 32 \
+      --steps 256 --cache dual --threshold 0.9      # Fast-dLLM-style: KV cache + parallel decoding
+
 --sampler fhs is the first-hitting sampler (`sampling/fhs.py`): one uniformly chosen masked
 position per network call, gen_length calls, an exact sample of the model (--steps and
 --remasking do not apply).
@@ -32,7 +35,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from mdpo_jax import cli, parallel
+from mdpo_jax import cli, parallel, plots
 from mdpo_jax.data import pipeline
 from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import families
@@ -58,11 +61,20 @@ _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus filter for sampling.")
 _SCHEDULE = flags.DEFINE_enum("schedule", "llada", list(sampler.SCHEDULES), "Commit schedule.")
 _EOS_LOGIT = flags.DEFINE_boolean("eos_logit_neg_inf", False, "Never sample EOS.")
 _EOS_CONF = flags.DEFINE_boolean("eos_confidence_neg_inf", False, "Commit EOS/EOT last.")
+_CACHE = flags.DEFINE_enum("cache", "none", list(sampler.CACHES),
+                           "KV cache: prefix (prompt + finished blocks) or dual (also the suffix).")
+_CACHE_REFRESH = flags.DEFINE_integer("cache_refresh", 0, "Also refresh the cache every k steps "
+                                      "inside a block (0: only when a block starts).")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Also commit every token of the block whose "
+                                "confidence is ≥ this (parallel decoding; --steps is the cap).")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Cast weights (default: as stored).")
 _ORIGINAL_PADDING = flags.DEFINE_boolean(
     "original_padding", False, "Reproduce the checkpoint code's padding (pads attended to).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _SHOW_STEPS = flags.DEFINE_boolean("show_steps", False, "Print the denoising trajectory.")
+_PLOT = flags.DEFINE_string("plot", None, "With --show_steps: also draw the trajectory as a PNG "
+                            "here (plots.trajectory_figure; several prompts: NAME-<i>.png).")
+flags.register_multi_flags_validator(["plot", "show_steps"], plots.check_plot_flag)
 _SKIP_SPECIAL = flags.DEFINE_boolean("skip_special_tokens", True, "Hide special tokens.")
 
 
@@ -92,7 +104,8 @@ def _sampler_settings() -> dict:
               temperature=_TEMP.value, remasking=_REMASK.value, confidence_from=_CONF.value,
               cfg_scale=_CFG.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
               schedule=_SCHEDULE.value, eos_logit_neg_inf=_EOS_LOGIT.value,
-              eos_confidence_neg_inf=_EOS_CONF.value)
+              eos_confidence_neg_inf=_EOS_CONF.value, cache=_CACHE.value,
+              cache_refresh=_CACHE_REFRESH.value, threshold=_THRESHOLD.value)
 
 
 def _check_flags(argv) -> families.Family:
@@ -104,6 +117,9 @@ def _check_flags(argv) -> families.Family:
     raise app.UsageError(f"--checkpoint is required ({families.folder_text()})")
   if not _PROMPT.value:
     raise app.UsageError("--prompt is required")
+  if _SAMPLER.value == "fhs" and (_CACHE.value != "none" or _THRESHOLD.value is not None):
+    raise app.UsageError("--cache/--threshold apply to --sampler=llada (FHS makes one call "
+                         "per token by design)")
   try:   # the model's token ids come later; every other setting is checked here
     sampler.SamplerConfig(**_sampler_settings())
   except ValueError as e:
@@ -169,6 +185,11 @@ def main(argv):
   out, traj = sample(families.forward_fn(config), params, tokens, sc, jax.random.key(_SEED.value),
                      prompt_mask=mask, return_trajectory=True)
   _print_answers(tokenizer, config, sc, tokens.shape[1], np.asarray(out), traj)
+  if _PLOT.value:
+    for path in plots.write_trajectories(
+        _PLOT.value, traj, np.asarray(out), tokens.shape[1], tokenizer, config,
+        titles=[f"{p}  ({sc.gen_length} tokens, {sc.steps} steps)" for p in _PROMPT.value]):
+      print(f"trajectory picture: {path}", file=sys.stderr)
 
 
 def _print_answers(tokenizer, config, sc, p: int, out, traj) -> None:

@@ -10,7 +10,9 @@ problems, and on those plus MDPO's fresh prompts with solver answers. Every chec
 evaluated on the same held-out problems (never used for any choice) with low-confidence
 remasking and RCR, greedy and sampling at the rollout temperature; the table pools the seeds
 and gives 95% Wilson intervals. Phases already finished in WORKDIR are reused (re-running the
-command resumes).
+command resumes). Next to the table (WORKDIR/table.md) go its figures (`mdpo_jax.plots`):
+over_denoising.png (per step, how often x̂0_t was right, split by the final answer, for every
+model, greedy low-confidence) and training_curves.png (every run's metrics.jsonl).
 
 Tuning looks only at the validation split (`--eval_split=validation`: problems of the training
 distribution, disjoint from training, held-out and fresh prompts), with any recipe key
@@ -35,7 +37,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import countdown_tiny_diffu_grpo, countdown_tiny_mdpo, countdown_tiny_sft
-from mdpo_jax import cli
+from mdpo_jax import cli, plots
 from mdpo_jax.training import evaluation, rl_loop, sft_loop
 
 _SFT_CONFIG = config_flags.DEFINE_config_file(
@@ -252,6 +254,44 @@ def _runs_table(results: dict[int, dict], seeds: list[int]) -> str:
   return "\n".join(lines)
 
 
+# (table row, run folder under seed<s>/) of every run whose training curves are drawn
+_RUN_FOLDERS = (("SFT", "sft"), ("MDPO", "mdpo"), ("diffu-GRPO", "diffu_grpo"),
+                ("continued SFT (control)", "control"),
+                ("continued SFT + fresh prompts (control)", "control_fresh"))
+
+
+def write_figures(root: Path, results: dict[int, dict], seeds: list[int]) -> list[Path]:
+  """The figures next to table.md: over_denoising.png (the table's greedy low-confidence
+  setting, each model's curves pooled over the seeds) and training_curves.png (every run's
+  metrics.jsonl, one line per seed). Returns the files written."""
+  written = []
+  names = list(results[seeds[0]]["rows"])
+  curves = {}
+  for name in names:
+    per_seed = [next(r for r in results[s]["rows"][name]
+                     if r["remasking"] == "low_confidence" and r["temperature"] == 0)
+                for s in seeds]
+    if all("step_curves" in r for r in per_seed):
+      curves[name] = plots.pool([plots.StepCorrectness.from_json(r["step_curves"])
+                                 for r in per_seed])
+  if curves:
+    first = results[seeds[0]]["rows"][names[0]][0]
+    seed_text = f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+    split = _EVAL_SPLIT.value.replace("_", "-")
+    title = (f"over-denoising on {next(iter(curves.values())).n} {split} problems "
+             f"({seed_text}): greedy low-confidence, {first['tokens_per_step']:g} tokens/step")
+    written.append(plots.save(plots.over_denoising_figure(curves, title),
+                              root / "over_denoising.png"))
+  runs = {}
+  for name, folder in _RUN_FOLDERS:
+    files = {f"seed {s}": root / f"seed{s}" / folder / "metrics.jsonl" for s in seeds}
+    if all(f.is_file() for f in files.values()):
+      runs[name] = {k: plots.training_curves(plots.read_metrics(f)) for k, f in files.items()}
+  if runs:
+    written.append(plots.save(plots.training_figure(runs), root / "training_curves.png"))
+  return written
+
+
 def main(argv):
   del argv
   root = Path(_WORKDIR.value)
@@ -284,6 +324,11 @@ def main(argv):
   text = "\n".join(lines)
   (root / "table.md").write_text(text + "\n")
   print(text)
+  try:
+    for path in write_figures(root, results, seeds):
+      print(f"figure: {path}")
+  except plots.PlotError as e:   # e.g. no matplotlib: the table stands without its figures
+    print(f"figures not drawn: {e}")
 
 
 if __name__ == "__main__":

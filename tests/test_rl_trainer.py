@@ -110,20 +110,27 @@ def _rows(workdir):
   return [r for r in metrics.read_jsonl(workdir / "metrics.jsonl") if "loss" in r]
 
 
-@pytest.mark.parametrize("recipe,beta,inner,filt,rank", [
-    (countdown_tiny_mdpo, 0.02, 2, "over_denoising", 0),
-    (countdown_tiny_diffu_grpo, 0.04, 2, "none", 0),
-    (countdown_tiny_mdpo, 0.02, 2, "over_denoising", 4)])
+@pytest.mark.parametrize("recipe,beta,inner,filt,rank,cache", [
+    (countdown_tiny_mdpo, 0.02, 2, "over_denoising", 0, "none"),
+    (countdown_tiny_diffu_grpo, 0.04, 2, "none", 0, "dual"),
+    (countdown_tiny_mdpo, 0.02, 2, "over_denoising", 4, "prefix")])
 def test_rl_updates_resume_exactly(tmp_path, sft_checkpoint, dense_reward, recipe, beta, inner,
-                                   filt, rank):
+                                   filt, rank, cache):
+  """Also: rollouts and the evaluation with a KV cache (LoRA's forward honours the cache
+  contract), and a threshold in the evaluation."""
   c = _tiny(recipe.get_config())
   c.model.init_checkpoint = sft_checkpoint
   c.model.lora_rank = rank
   c.rl.beta, c.rl.inner_iters = beta, inner
   c.rl.filter, c.rl.filter_pool_size, c.rl.filter_refresh_updates = filt, 8, 2
   c.rl.num_updates = 3
+  c.rl.cache = c.eval.cache = cache
+  c.eval.threshold = 0.0 if cache == "none" else 0.5
+  c.eval.block_length = 4   # two blocks: the cache has something to skip
   straight = rl_loop.train(c, tmp_path / "straight")
   assert straight["update"] == 3 and len(straight["eval"]) == 1
+  row = straight["eval"][0]
+  assert row["cache"] == cache and 1 <= row["nfe"] <= row["steps"]
   want = _rows(tmp_path / "straight")
   assert [r["step"] for r in want] == [1, 2, 3]
   assert all(np.isfinite(r["loss"]) for r in want)

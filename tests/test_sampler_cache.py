@@ -104,6 +104,8 @@ def test_batch_rows_equal_single_rows(prompts):
                                        remasking="rcr", threshold=0.9, cache="dual")
   batch, traj = sampler.generate(fwd, params, prompt, sc, jax.random.key(0), prompt_mask=mask,
                                  return_trajectory=True)
+  # x̂0_t is complete at every step (MDPO scores each step's prediction), window or not
+  assert (np.asarray(traj.x0)[:, :, P:] != config.mask_token_id).all()
   steps_B = np.asarray(traj.active).sum(0)
   assert steps_B[0] != steps_B[1] and steps_B.max() < sc.steps, steps_B
   for row in range(2):
@@ -178,3 +180,18 @@ def test_no_recompilation_across_calls(prompts):
   sampler.generate(llada.forward_fn(config), params, other, sc.replace(), jax.random.key(1),
                    prompt_mask=np.ones_like(mask))
   assert sampler._generate_jit._cache_size() == size
+
+
+def test_a_forward_without_the_cache_contract_is_one_line_error(prompts):
+  config = llada.tiny()
+  params = llada.init_params(config, jax.random.key(0))
+
+  def plain(params, tokens, attention_mask=None):
+    return llada.forward(config, params, tokens, attention_mask=attention_mask)
+
+  sc = sampler.SamplerConfig.for_model(config, gen_length=4, block_length=4, steps=4,
+                                       cache="dual")
+  with pytest.raises(ValueError) as e:
+    sampler.generate(plain, params, prompts[0], sc, jax.random.key(0))
+  assert str(e.value).startswith("SamplerConfig.cache='dual': forward_fn test_a_forward_without_")
+  assert "\n" not in str(e.value)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import numbers
 from typing import Callable, NamedTuple
@@ -462,6 +463,25 @@ def checked_inputs(prompt_BxP, prompt_mask, config: SamplerConfig):
   return jnp.ones(prompt_BxP.shape, jnp.int32) if prompt_mask is None else prompt_mask
 
 
+_CACHE_KEYWORDS = ("return_cache", "cache", "window_start", "window_width")
+
+
+def check_cache_contract(forward_fn: Callable, config: SamplerConfig) -> None:
+  """A cached sampler needs a forward that takes the cache keywords of `llada.forward` (or any
+  **kwargs passed on to one); otherwise one line now rather than a TypeError inside the trace."""
+  if config.cache == "none":
+    return
+  try:
+    parameters = inspect.signature(forward_fn).parameters.values()
+  except (TypeError, ValueError):   # not introspectable: let the call decide
+    return
+  if not any(p.kind is p.VAR_KEYWORD or p.name == "cache" for p in parameters):
+    name = getattr(getattr(forward_fn, "func", forward_fn), "__qualname__", repr(forward_fn))
+    raise ValueError(f"SamplerConfig.cache={config.cache!r}: forward_fn {name} does not take the "
+                     f"cache keywords {_CACHE_KEYWORDS} of llada.forward; allowed with it: "
+                     "cache='none'")
+
+
 def generate(forward_fn: Callable, params, prompt_BxP, config: SamplerConfig, rng: jax.Array, *,
              prompt_mask=None, return_trajectory: bool = False, return_nfe: bool = False):
   """Sample `config.gen_length` tokens after each (left-padded) prompt.
@@ -480,6 +500,7 @@ def generate(forward_fn: Callable, params, prompt_BxP, config: SamplerConfig, rn
   check is skipped; no remasking kind ever writes a prompt position.
   """
   prompt_mask = checked_inputs(prompt_BxP, prompt_mask, config)
+  check_cache_contract(forward_fn, config)
   tokens, trajectory, nfe = _generate_jit(static_callable(forward_fn), params, prompt_BxP,
                                           prompt_mask, rng, config=config,
                                           return_trajectory=return_trajectory)

@@ -13,6 +13,7 @@ fraction solved outright and `mean_reward` the task's own score.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -25,6 +26,7 @@ from mdpo_jax import tasks
 from mdpo_jax.data import pipeline
 from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import families
+from mdpo_jax.plots import step_correctness
 from mdpo_jax.sampling import fhs, guards
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
 from mdpo_jax.training import setup
@@ -48,6 +50,8 @@ class Setting:
   remasking: str
   temperature: float = 0.0
   sampler: str = "llada"
+  cache: str = "none"        # the scan sampler's KV cache: none | prefix | dual
+  threshold: float = 0.0     # confidence-threshold decoding (0 = off)
 
   def __post_init__(self):
     if self.sampler not in fhs.SAMPLERS:
@@ -57,7 +61,20 @@ class Setting:
   def name(self) -> str:
     if self.sampler == "fhs":
       return f"fhs/T={self.temperature:g}"
-    return f"{self.remasking}/steps={self.steps}/T={self.temperature:g}"
+    fast = "" if self.cache == "none" else f"/cache={self.cache}"
+    fast += f"/tau={self.threshold:g}" if self.threshold else ""
+    return f"{self.remasking}/steps={self.steps}/T={self.temperature:g}{fast}"
+
+  def sampler_config(self, model_cfg, *, gen_length: int, block_length: int) -> SamplerConfig:
+    """The sampler this setting runs for `model_cfg` (FHS: one call per token)."""
+    if self.sampler == "fhs":
+      return SamplerConfig.for_model(model_cfg, gen_length=gen_length, block_length=block_length,
+                                     steps=gen_length, remasking=self.remasking,
+                                     temperature=self.temperature)
+    return SamplerConfig.for_model(model_cfg, gen_length=gen_length, block_length=block_length,
+                                   steps=self.steps, remasking=self.remasking,
+                                   temperature=self.temperature, cache=self.cache,
+                                   threshold=self.threshold or None)
 
 
 def settings_from_config(ev) -> list[Setting]:
@@ -65,7 +82,8 @@ def settings_from_config(ev) -> list[Setting]:
   eval.sampler = "fhs" the one first-hitting setting instead."""
   if ev.sampler == "fhs":
     return [Setting(int(ev.gen_length), "random", float(ev.temperature), "fhs")]
-  return [Setting(int(s), r, float(ev.temperature)) for s in ev.steps for r in ev.remasking]
+  return [Setting(int(s), r, float(ev.temperature), cache=ev.cache,
+                  threshold=float(ev.threshold)) for s in ev.steps for r in ev.remasking]
 
 
 def evaluate_task(config, model_cfg: families.ModelConfig, params, tokenizer, task,
@@ -84,14 +102,42 @@ def evaluate_task(config, model_cfg: families.ModelConfig, params, tokenizer, ta
                   trajectory_stats=ev.trajectory_stats, progress=progress)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """A checkpoint loaded for evaluation (`load_checkpoint`), reusable across calls."""
+  config: config_lib.RunConfig
+  model_cfg: families.ModelConfig
+  params: object
+  tokenizer: object
+  task: object
+
+  def problems(self, split: str = "held_out", num_problems: int | None = None) -> list:
+    """The first `num_problems` (default eval.num_problems) of `split` (held_out|validation)."""
+    problems = self.task.validation() if split == "validation" else self.task.held_out()
+    return problems[: self.config.eval.num_problems if num_problems is None else num_problems]
+
+
 def evaluate_checkpoint(raw_config, *, checkpoint: str | None = None,
                         hf_checkpoint: str | None = None, split: str = "held_out",
                         num_problems: int | None = None,
-                        settings: Sequence[Setting] | None = None) -> tuple[list[dict], int]:
+                        settings: Sequence[Setting] | None = None,
+                        model: LoadedModel | None = None) -> tuple[list[dict], int]:
   """(result rows, problems evaluated) for a run's checkpoint folder or a Hugging Face folder,
   on the task's `split` (held_out | validation), its first `num_problems` (default
   eval.num_problems), with `settings` (default: the config's eval settings). The evaluation of
-  `python -m mdpo_jax.evaluate` and of `reproduce`."""
+  `python -m mdpo_jax.evaluate` and of `reproduce`. `model`: one already loaded by
+  `load_checkpoint` (e.g. to draw its trajectories afterwards without loading it twice)."""
+  model = model or load_checkpoint(raw_config, checkpoint=checkpoint, hf_checkpoint=hf_checkpoint)
+  problems = model.problems(split, num_problems)
+  rows = evaluate_task(model.config, model.model_cfg, model.params, model.tokenizer, model.task,
+                       problems, settings)
+  return rows, len(problems)
+
+
+def load_checkpoint(raw_config, *, checkpoint: str | None = None,
+                    hf_checkpoint: str | None = None) -> LoadedModel:
+  """A run's checkpoint folder or a Hugging Face folder, with the run config's tokenizer and
+  task, as `evaluate_checkpoint` evaluates it."""
   raw = raw_config.copy_and_resolve_references()
   with raw.unlocked():
     raw.model.hf_checkpoint = hf_checkpoint or ""
@@ -103,11 +149,24 @@ def evaluate_checkpoint(raw_config, *, checkpoint: str | None = None,
   mesh = setup.make_mesh(config)
   tokenizer = setup.make_tokenizer(config)
   model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(config.seed))
-  task = tasks.build(config.task, config.seed)
-  problems = task.validation() if split == "validation" else task.held_out()
-  problems = problems[: config.eval.num_problems if num_problems is None else num_problems]
-  rows = evaluate_task(config, model_cfg, params, tokenizer, task, problems, settings)
-  return rows, len(problems)
+  return LoadedModel(config, model_cfg, params, tokenizer, tasks.build(config.task, config.seed))
+
+
+def first_batch_trajectory(model: LoadedModel, problems: Sequence, setting: Setting):
+  """(final tokens [B, P + gen_length], trajectory, P) of the first evaluation batch of
+  `problems` under `setting`: the same prompts, key and batch as `evaluate` scores, so a picture
+  of row i shows exactly how problem i's scored answer came about."""
+  ev, cfg = model.config.eval, model.model_cfg
+  problems = list(problems[: ev.batch_size])
+  prompts, mask = pipeline.eval_prompts([model.task.prompt(p) for p in problems],
+                                        model.tokenizer, prompt_len=model.config.data.prompt_len,
+                                        pad_id=cfg.pad_token_id)
+  sc = setting.sampler_config(cfg, gen_length=ev.gen_length, block_length=ev.block_length)
+  sample = fhs.generate if setting.sampler == "fhs" else generate
+  tokens, traj = sample(families.forward_fn(cfg), model.params, prompts, sc,
+                        jax.random.key(model.config.seed), prompt_mask=mask,
+                        return_trajectory=True)
+  return np.asarray(tokens), traj, prompts.shape[1]
 
 
 def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np.ndarray,
@@ -135,11 +194,9 @@ def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np
   rows = []
   for setting in settings:
     first_hitting = setting.sampler == "fhs"
-    sc = SamplerConfig.for_model(model_cfg, gen_length=gen_length, block_length=block_length,
-                                 steps=gen_length if first_hitting else setting.steps,
-                                 remasking=setting.remasking, temperature=setting.temperature)
-    sample = fhs.generate if first_hitting else generate
-    final, any_mid, wrong_but_mid = [], [], []
+    sc = setting.sampler_config(model_cfg, gen_length=gen_length, block_length=block_length)
+    sample = fhs.generate if first_hitting else functools.partial(generate, return_nfe=True)
+    final, any_mid, wrong_but_mid, mid_right, calls = [], [], [], [], []
     batches = range(0, n, batch_size)
     for start in tqdm(batches, desc=f"eval {setting.name}", disable=not progress, leave=False):
       sl = slice(start, start + batch_size)
@@ -147,7 +204,10 @@ def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np
       rows_B = np.minimum(np.arange(start, start + batch_size), start + real - 1)
       out = sample(fwd, params, prompts_NxP[rows_B], sc, jax.random.key(seed + start),
                    prompt_mask=prompt_mask_NxP[rows_B], return_trajectory=trajectory_stats)
-      tokens, traj = out if trajectory_stats else (out, None)
+      if first_hitting:   # one call per generated token
+        out = (out if trajectory_stats else (out,)) + (sc.gen_length,)
+      tokens, traj, nfe = out if trajectory_stats else (out[0], None, out[1])
+      calls.append(int(nfe))
       tokens = np.asarray(tokens)[:real]
       answers = decode_completions(tokenizer, tokens[:, p:], stops)
       r_final = np.asarray([reward(a, prob) for a, prob in zip(answers, problems[sl])])
@@ -159,6 +219,7 @@ def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np
                           for t in range(x0_TxBxG.shape[0] - 1)]) if x0_TxBxG.shape[0] > 1 \
             else np.zeros((0, len(answers)))
         any_mid.append((r_mid >= 1).any(0))
+        mid_right.append(r_mid >= 1)   # [T-1, B]: the per-step curves of `step_curves`
         wrong_but_mid.append((r_mid >= 1).any(0) & (r_final < 1))
     rewards = np.concatenate(final)
     k = int((rewards >= 1).sum())   # solved outright (binary tasks: reward 1)
@@ -167,10 +228,13 @@ def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np
            "remasking": "fhs" if first_hitting else setting.remasking,
            "temperature": setting.temperature, "tokens_per_step": gen_length / sc.steps,
            "n": n, "accuracy": k / n, "ci_low": lo, "ci_high": hi,
-           "mean_reward": float(rewards.mean())}
+           "mean_reward": float(rewards.mean()), "cache": setting.cache,
+           "threshold": setting.threshold, "nfe": float(np.mean(calls))}
     if trajectory_stats:
       row["intermediate_correct"] = float(np.concatenate(any_mid).mean())
       row["over_denoised"] = float(np.concatenate(wrong_but_mid).mean())
+      right_TxN = np.concatenate([np.concatenate(mid_right, 1), (rewards >= 1)[None]])
+      row["step_curves"] = step_correctness(right_TxN.T, rewards >= 1).to_json()
     rows.append(row)
   return rows
 
@@ -178,14 +242,20 @@ def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np
 def markdown_table(rows: Sequence[dict]) -> str:
   """Accuracy table; intermediate columns when present."""
   mid = "over_denoised" in rows[0] if rows else False
+  fast = any(r.get("cache", "none") != "none" or r.get("threshold") for r in rows)
   head = "| remasking | steps | tokens/step | T | accuracy | 95% CI | mean reward |"
   sep = "|---|---|---|---|---|---|---|"
+  if fast:   # fast-sampling settings: which, and the model calls they made per batch
+    head = "| remasking | cache | τ | model calls |" + head.split("| remasking |", 1)[1]
+    sep += "---|---|---|"
   if mid:
     head += " some x̂0_t right | x̂0_t right, final wrong |"
     sep += "---|---|"
   lines = [head, sep]
   for r in rows:
-    line = (f"| {r['remasking']} | {r['steps']} | {r['tokens_per_step']:g} | "
+    fast_cols = (f" {r.get('cache', 'none')} | {r.get('threshold') or '-'} | "
+                 f"{r.get('nfe', r['steps']):g} |" if fast else "")
+    line = (f"| {r['remasking']} |{fast_cols} {r['steps']} | {r['tokens_per_step']:g} | "
             f"{r['temperature']:g} | {r['accuracy']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
             f"{r['mean_reward']:.3f} |")
     if mid:
