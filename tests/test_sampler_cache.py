@@ -66,7 +66,7 @@ def test_one_layer_cache_is_exact(prompts):
   prompt, mask = prompts
   for cache, settings in (("prefix", dict(cfg_scale=1.0)),
                           ("dual", dict(remasking="margin", threshold=0.9))):
-    base = sampler.SamplerConfig.for_model(config, gen_length=12, block_length=4, steps=6,
+    base = sampler.SamplerConfig.for_model(config, gen_length=8, block_length=4, steps=8,
                                            **settings)
     want = sampler.generate(fwd, params, prompt, base, jax.random.key(2), prompt_mask=mask)
     got = sampler.generate(fwd, params, prompt, base.replace(cache=cache), jax.random.key(2),
