@@ -203,13 +203,15 @@ def test_boundary_errors():
 
 def _spy(calls, name):
   """A stand-in sampler recording (name, config): no model runs, nothing compiles."""
-  def sample(fwd, params, prompts, sc, rng, *, prompt_mask=None, return_trajectory=False):
+  def sample(fwd, params, prompts, sc, rng, *, prompt_mask=None, return_trajectory=False,
+             return_nfe=False):
     calls.append((name, sc))
     out = np.concatenate([np.asarray(prompts), np.zeros((len(prompts), sc.gen_length), np.int32)],
                          axis=1)
     record = np.zeros((sc.steps, *out.shape), np.int32)
     traj = fhs.FHSTrajectory(record, record, record, record, np.ones((sc.steps, len(out))))
-    return (out, traj) if return_trajectory else out
+    result = (out,) + ((traj,) if return_trajectory else ()) + ((sc.steps,) if return_nfe else ())
+    return result if len(result) > 1 else out
   return sample
 
 

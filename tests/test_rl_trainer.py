@@ -112,8 +112,8 @@ def _rows(workdir):
 
 @pytest.mark.parametrize("recipe,beta,inner,filt,rank,cache", [
     (countdown_tiny_mdpo, 0.02, 2, "over_denoising", 0, "none"),
-    (countdown_tiny_diffu_grpo, 0.04, 2, "none", 0, "dual"),
-    (countdown_tiny_mdpo, 0.02, 2, "over_denoising", 4, "prefix")])
+    (countdown_tiny_diffu_grpo, 0.04, 2, "none", 0, "prefix"),
+    (countdown_tiny_mdpo, 0.02, 2, "over_denoising", 4, "dual")])
 def test_rl_updates_resume_exactly(tmp_path, sft_checkpoint, dense_reward, recipe, beta, inner,
                                    filt, rank, cache):
   """Also: rollouts and the evaluation with a KV cache (LoRA's forward honours the cache
@@ -126,7 +126,6 @@ def test_rl_updates_resume_exactly(tmp_path, sft_checkpoint, dense_reward, recip
   c.rl.num_updates = 3
   c.rl.cache = c.eval.cache = cache
   c.eval.threshold = 0.0 if cache == "none" else 0.5
-  c.eval.block_length = 4   # two blocks: the cache has something to skip
   straight = rl_loop.train(c, tmp_path / "straight")
   assert straight["update"] == 3 and len(straight["eval"]) == 1
   row = straight["eval"][0]

@@ -288,36 +288,49 @@ def static_callable(fn: Callable) -> Callable:
   return fn
 
 
-def _generate(forward_fn, params, prompt_BxP, prompt_mask_BxP, rng, config: SamplerConfig,
-              return_trajectory: bool):
-  batch, prompt_len = prompt_BxP.shape
-  total = prompt_len + config.gen_length
-  spb, blen, tau = config.steps_per_block, config.block_length, config.threshold
-  counts = config.schedule_counts()
-  # Tokens still to commit in this block after step i (RCR keeps this many masked).
-  remaining = np.asarray([counts[i + 1:].sum() for i in range(spb)], np.int32)
-  counts_S, remaining_S = jnp.asarray(counts), jnp.asarray(remaining)
+class _Sampling:
+  """One traced sampling call: its inputs and static settings, and the steps and blocks of the
+  trajectory as methods (the jitted `_generate` below drives them)."""
 
-  x_BxL = jnp.concatenate(
-      [prompt_BxP.astype(jnp.int32),
-       jnp.full((batch, config.gen_length), config.mask_id, jnp.int32)], axis=1)
-  attn_BxL = jnp.concatenate(
-      [prompt_mask_BxP.astype(jnp.int32), jnp.ones((batch, config.gen_length), jnp.int32)], 1)
-  prompt_BxL = jnp.concatenate(
-      [prompt_mask_BxP.astype(bool), jnp.zeros((batch, config.gen_length), bool)], axis=1)
-  pos_L = jnp.arange(total)
-  generated_L = pos_L >= prompt_len
+  def __init__(self, forward_fn, params, prompt_BxP, prompt_mask_BxP, rng, config: SamplerConfig,
+               return_trajectory: bool):
+    self.forward_fn, self.params, self.rng, self.config = forward_fn, params, rng, config
+    self.return_trajectory, self.tau = return_trajectory, config.threshold
+    self.batch, self.prompt_len = prompt_BxP.shape
+    self.total = self.prompt_len + config.gen_length
+    self.counts = config.schedule_counts()
+    # Tokens still to commit in this block after step i (RCR keeps this many masked).
+    self.remaining = np.asarray([self.counts[i + 1:].sum() for i in range(config.steps_per_block)],
+                                np.int32)
+    gen = config.gen_length
+    self.x0_BxL = jnp.concatenate([prompt_BxP.astype(jnp.int32),
+                                   jnp.full((self.batch, gen), config.mask_id, jnp.int32)], axis=1)
+    self.attn_BxL = jnp.concatenate([prompt_mask_BxP.astype(jnp.int32),
+                                     jnp.ones((self.batch, gen), jnp.int32)], axis=1)
+    self.prompt_BxL = jnp.concatenate([prompt_mask_BxP.astype(bool),
+                                       jnp.zeros((self.batch, gen), bool)], axis=1)
+    self.pos_L = jnp.arange(self.total)
+    self.generated_L = self.pos_L >= self.prompt_len
 
-  def model(x_BxL, **cache_kwargs):
-    return _model_logits(forward_fn, params, x_BxL, attn_BxL, prompt_BxL, config, **cache_kwargs)
+  def initial_state(self) -> _State:
+    shape = (self.batch, self.total)
+    return _State(self.x0_BxL, jnp.zeros(shape, jnp.float32),
+                  jnp.full(shape, self.config.mask_id, jnp.int32), jnp.zeros(shape, jnp.float32),
+                  jnp.zeros(shape, jnp.float32), jnp.zeros((), jnp.int32))
 
-  def todo_BxL(x_BxL, in_reach_L):
+  def model(self, x_BxL, **cache_kwargs):
+    return _model_logits(self.forward_fn, self.params, x_BxL, self.attn_BxL, self.prompt_BxL,
+                         self.config, **cache_kwargs)
+
+  def todo_BxL(self, x_BxL, in_reach_L):
     """Masked generated positions at or before the current block's end: the block's work."""
-    return (x_BxL == config.mask_id) & in_reach_L & generated_L
+    return (x_BxL == self.config.mask_id) & in_reach_L & self.generated_L
 
-  def decide(state: _State, logits_BxWxV, start, t, i, in_reach_L):
-    """One step's choice from the logits of the window [start, start + W)."""
-    step_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, t))
+  def scores(self, state: _State, logits_BxWxV, start, t):
+    """Candidates, confidences and ranking scores of the whole sequence after this step: the
+    window's fresh ones written over the last known ones."""
+    config = self.config
+    step_rng, noise_rng = jax.random.split(jax.random.fold_in(self.rng, t))
     cand_BxW = categorical.sample_categorical(step_rng, logits_BxWxV, config.temperature,
                                               top_k=config.top_k, top_p=config.top_p)
     conf_BxW, score_BxW = _step_scores(config, logits_BxWxV, cand_BxW)
@@ -326,117 +339,122 @@ def _generate(forward_fn, params, prompt_BxP, prompt_mask_BxP, rng, config: Samp
     conf_BxL = jax.lax.dynamic_update_slice(state.conf_BxL, conf_BxW, at)
     score_BxL = jax.lax.dynamic_update_slice(state.score_BxL, score_BxW, at)
     if config.remasking == "random":
-      score_BxL = jax.random.uniform(noise_rng, (batch, total), jnp.float32)
+      score_BxL = jax.random.uniform(noise_rng, (self.batch, self.total), jnp.float32)
+    return cand_BxL, conf_BxL, score_BxL
+
+  def decide(self, state: _State, logits_BxWxV, start, t, i, in_reach_L):
+    """One step from the logits of the window [start, start + W): (next state, record)."""
+    config, tau = self.config, self.tau
+    cand_BxL, conf_BxL, score_BxL = self.scores(state, logits_BxWxV, start, t)
     rank_BxL = score_BxL
     if config.eos_confidence_neg_inf:
       is_end = (cand_BxL == config.eos_id) | (cand_BxL == config.eot_id)
       rank_BxL = jnp.where(is_end, -jnp.inf, rank_BxL)
-
     x_BxL, run_conf_BxL = state.x_BxL, state.run_conf_BxL
     masked_BxL = x_BxL == config.mask_id
     x0_BxL = jnp.where(masked_BxL, cand_BxL, x_BxL)
-    eligible_BxL = todo_BxL(x_BxL, in_reach_L)   # only the generated part is ever written
+    eligible_BxL = self.todo_BxL(x_BxL, in_reach_L)   # only the generated part is ever written
     active_B = eligible_BxL.any(-1)
+    new_run_conf_BxL = run_conf_BxL
     if config.remasking == "rcr":
+      revisable_BxL = jnp.broadcast_to(in_reach_L & self.generated_L, x_BxL.shape)
       new_x_BxL, new_run_conf_BxL, _ = remask.rcr_step(
-          x_BxL, x0_BxL, rank_BxL, run_conf_BxL, eligible_BxL,
-          jnp.broadcast_to(in_reach_L & generated_L, x_BxL.shape), remaining_S[i],
-          int(remaining.max()), config.mask_id, threshold=tau)
+          x_BxL, x0_BxL, rank_BxL, run_conf_BxL, eligible_BxL, revisable_BxL,
+          jnp.asarray(self.remaining)[i], int(self.remaining.max()), config.mask_id,
+          threshold=tau)
     elif tau is None:
       new_x_BxL, _ = remask.commit_low_confidence(x_BxL, x0_BxL, rank_BxL, eligible_BxL,
-                                                  counts_S[i], int(counts.max()))
-      new_run_conf_BxL = run_conf_BxL
+                                                  jnp.asarray(self.counts)[i],
+                                                  int(self.counts.max()))
     else:   # the scheduled top-n, and every confident token (never one ranked last, -inf)
-      n_B = jnp.minimum(counts_S[i], eligible_BxL.sum(-1))
-      top_BxL = remask.select_top(rank_BxL, eligible_BxL, n_B, int(counts.max()))
+      n_B = jnp.minimum(jnp.asarray(self.counts)[i], eligible_BxL.sum(-1))
+      top_BxL = remask.select_top(rank_BxL, eligible_BxL, n_B, int(self.counts.max()))
       sure_BxL = eligible_BxL & (conf_BxL >= tau) & (rank_BxL > -jnp.inf)
       new_x_BxL = jnp.where(top_BxL | sure_BxL, x0_BxL, x_BxL)
-      new_run_conf_BxL = run_conf_BxL
     if tau is not None:   # a finished row waits for the others, unchanged
       new_x_BxL = jnp.where(active_B[:, None], new_x_BxL, x_BxL)
       new_run_conf_BxL = jnp.where(active_B[:, None], new_run_conf_BxL, run_conf_BxL)
     committed_BxL = masked_BxL & (new_x_BxL != config.mask_id)
     record = (Trajectory(x_BxL, x0_BxL, conf_BxL, committed_BxL, active_B)
-              if return_trajectory else None)
+              if self.return_trajectory else None)
     return _State(new_x_BxL, new_run_conf_BxL, cand_BxL, conf_BxL, score_BxL,
                   state.nfe + 1), record
 
-  def idle(state: _State):
+  def idle(self, state: _State):
     """A skipped step (threshold: every row's block is done): no model call, nothing changes."""
-    x_BxL = state.x_BxL
-    if not return_trajectory:
+    if not self.return_trajectory:
       return state, None
-    x0_BxL = jnp.where(x_BxL == config.mask_id, state.cand_BxL, x_BxL)
+    x_BxL = state.x_BxL
+    x0_BxL = jnp.where(x_BxL == self.config.mask_id, state.cand_BxL, x_BxL)
     return state, Trajectory(x_BxL, x0_BxL, state.conf_BxL, jnp.zeros(x_BxL.shape, bool),
-                             jnp.zeros((batch,), bool))
+                             jnp.zeros((self.batch,), bool))
 
-  def maybe(work, state: _State, in_reach_L, *args):
-    """`work(state, *args)`, skipped once no row has work left in the block (threshold only)."""
-    if tau is None:
-      return work(state, *args)
-    return jax.lax.cond(todo_BxL(state.x_BxL, in_reach_L).any(),
-                        lambda s, a: work(s, *a), lambda s, a: idle(s), state, args)
+  def unless_done(self, work, skip, state: _State, in_reach_L, *operands):
+    """`work(state, *operands)`, or `skip(...)` once no row has work left in the block (only
+    under a threshold; otherwise every step works)."""
+    if self.tau is None:
+      return work(state, *operands)
+    return jax.lax.cond(self.todo_BxL(state.x_BxL, in_reach_L).any(), work, skip, state,
+                        *operands)
 
-  def run_block(state: _State, b, start, width: int):
+  def run_block(self, state: _State, b, start, width: int):
     """Every step of block b (b and start may be traced; width is static)."""
-    in_reach_L = pos_L < prompt_len + (b + 1) * blen
+    config, spb = self.config, self.config.steps_per_block
+    in_reach_L = self.pos_L < self.prompt_len + (b + 1) * config.block_length
     t0 = b * spb
     if config.cache == "none":
       def step(state, i):
-        return maybe(lambda s: decide(s, model(s.x_BxL), 0, t0 + i, i, in_reach_L), state,
-                     in_reach_L)
+        work = lambda s: self.decide(s, self.model(s.x_BxL), 0, t0 + i, i, in_reach_L)
+        return self.unless_done(work, self.idle, state, in_reach_L)
       return jax.lax.scan(step, state, jnp.arange(spb))
 
-    logits_BxLxV, cache = model(state.x_BxL, return_cache=True)   # a block starts: refresh
-    state, record0 = decide(state, logits_BxLxV, 0, t0, 0, in_reach_L)
+    logits_BxLxV, cache = self.model(state.x_BxL, return_cache=True)   # a block starts: refresh
+    state, record0 = self.decide(state, logits_BxLxV, 0, t0, 0, in_reach_L)
 
     def cached_step(carry, i):
-      state, cache = carry
-
       def windowed(state, cache):
-        logits_BxWxV = model(state.x_BxL, cache=cache, window_start=start, window_width=width)
-        state, record = decide(state, logits_BxWxV, start, t0 + i, i, in_reach_L)
-        return (state, cache), record
+        logits_BxWxV = self.model(state.x_BxL, cache=cache, window_start=start,
+                                  window_width=width)
+        return (*self.decide(state, logits_BxWxV, start, t0 + i, i, in_reach_L), cache)
 
       def refreshed(state, cache):   # a full step, as at the block's start
-        logits_BxLxV, cache = model(state.x_BxL, return_cache=True)
-        state, record = decide(state, logits_BxLxV, 0, t0 + i, i, in_reach_L)
-        return (state, cache), record
+        logits_BxLxV, cache = self.model(state.x_BxL, return_cache=True)
+        return (*self.decide(state, logits_BxLxV, 0, t0 + i, i, in_reach_L), cache)
 
       def work(state, cache):
         if not config.cache_refresh:
           return windowed(state, cache)
         return jax.lax.cond(i % config.cache_refresh == 0, refreshed, windowed, state, cache)
 
-      def skip(state, cache):
-        state, record = idle(state)
-        return (state, cache), record
-
-      if tau is None:
-        return work(state, cache)
-      return jax.lax.cond(todo_BxL(state.x_BxL, in_reach_L).any(), work, skip, state, cache)
+      state, cache = carry
+      state, record, cache = self.unless_done(
+          work, lambda s, c: (*self.idle(s), c), state, in_reach_L, cache)
+      return (state, cache), record
 
     (state, _), records = jax.lax.scan(cached_step, (state, cache), jnp.arange(1, spb))
-    if return_trajectory:
+    if self.return_trajectory:
       records = jax.tree.map(lambda r0, r: jnp.concatenate([r0[None], r]), record0, records)
     return state, records
 
-  state = _State(x_BxL, jnp.zeros((batch, total), jnp.float32),
-                 jnp.full((batch, total), config.mask_id, jnp.int32),
-                 jnp.zeros((batch, total), jnp.float32), jnp.zeros((batch, total), jnp.float32),
-                 jnp.zeros((), jnp.int32))
-  if config.cache == "prefix":   # the window shrinks block by block: one program per block
+
+def _generate(forward_fn, params, prompt_BxP, prompt_mask_BxP, rng, config: SamplerConfig,
+              return_trajectory: bool):
+  """(final tokens, trajectory or None, model calls): blocks in a scan (none, dual) or unrolled
+  (prefix, whose window shrinks block by block), each block's steps in a scan."""
+  run = _Sampling(forward_fn, params, prompt_BxP, prompt_mask_BxP, rng, config,
+                  return_trajectory)
+  state, p, blen = run.initial_state(), run.prompt_len, config.block_length
+  if config.cache == "prefix":
     per_block = []
     for b in range(config.num_blocks):
-      start = prompt_len + b * blen
-      state, records = run_block(state, b, start, total - start)
+      state, records = run.run_block(state, b, p + b * blen, run.total - p - b * blen)
       per_block.append(records)
     trajectory = (jax.tree.map(lambda *r: jnp.concatenate(r), *per_block)
                   if return_trajectory else None)
   else:   # none: the whole sequence every step; dual: the block's window, a fixed width
-    def block_body(state, b):
-      return run_block(state, b, prompt_len + b * blen, blen if config.cache == "dual" else total)
-    state, trajectory = jax.lax.scan(block_body, state, jnp.arange(config.num_blocks))
+    width = blen if config.cache == "dual" else run.total
+    state, trajectory = jax.lax.scan(lambda s, b: run.run_block(s, b, p + b * blen, width),
+                                     state, jnp.arange(config.num_blocks))
     if return_trajectory:
       trajectory = jax.tree.map(lambda r: r.reshape((-1,) + r.shape[2:]), trajectory)
   return state.x_BxL, trajectory, state.nfe
