@@ -63,6 +63,13 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
       assert curves["right_final_right"][-1] == pytest.approx(r["accuracy"])
       assert curves["over_denoised"] == pytest.approx(r["over_denoised"])
 
+  # Fast sampling: one token per step without a threshold makes all 24 calls; dual cache +
+  # threshold makes at least one per block of 8 and never more than the cap.
+  plain, fast = summary["fast_eval"]
+  assert (plain["cache"], plain["nfe"]) == ("none", 24)
+  assert (fast["cache"], fast["threshold"]) == ("dual", 0.9)
+  assert 3 <= fast["nfe"] <= 24 and plain["n"] == fast["n"] == 16
+
   # The RCR trajectory drawn: 24 tokens in 6 steps shows 4 more tokens after every step.
   commit = np.asarray(summary["trajectory"]["commit_step"])
   assert commit.shape == (6, 24)
