@@ -9,12 +9,12 @@ straightforward port of the PyTorch reference does (one dispatch and one host ro
 denoising step). Prints milliseconds per call (median of repeats, after a warm-up compile) and the
 ratio; also the compile time of the scan version.
 
---grid: for cache none / prefix / dual, each without and with a threshold (--modes; steps =
-gen_length, the cap under a threshold), at one token per step: wall time per call, model calls (NFE), model
-GFLOP per generated token (counted from the windows each call ran: 2·params·tokens for the
-matmuls plus 4·d·tokens·keys per layer for attention), achieved GFLOP/s against this machine's
-float32 matmul peak measured in the same run, compile time, and the speed-up over cache=none
-without a threshold. The none baseline at one token per step is slow on a CPU; `--baseline_calls`
+--grid: for cache none / prefix / dual, each without and with a threshold (--modes), at one
+token per step (steps = gen_length, the cap under a threshold): wall time per call, model calls
+(NFE), model GFLOP per generated token (counted from the windows each call ran: 2·params·tokens
+for the matmuls plus 4·d·tokens·keys per layer for attention), achieved GFLOP/s against this
+machine's matmul peak measured in the same run, the first call's time (compile + run), and the
+speed-up over the first mode (cache=none without a threshold by default). The none baseline at one token per step is slow on a CPU; `--baseline_calls`
 times it over fewer steps (the cost of a full-sequence call does not depend on the step count)
 and scales to gen_length calls — marked "extrapolated" in the table. Random weights: NFE under a
 threshold depends on the model's confidences (`--head_scale` sharpens them); the README's
