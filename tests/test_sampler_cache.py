@@ -195,3 +195,12 @@ def test_a_forward_without_the_cache_contract_is_one_line_error(prompts):
     sampler.generate(plain, params, prompts[0], sc, jax.random.key(0))
   assert str(e.value).startswith("SamplerConfig.cache='dual': forward_fn test_a_forward_without_")
   assert "\n" not in str(e.value)
+
+
+def test_the_first_hitting_sampler_rejects_fast_sampling_settings(prompts):
+  from mdpo_jax.sampling import fhs
+  config = llada.tiny()
+  sc = sampler.SamplerConfig.for_model(config, gen_length=4, block_length=4, steps=4,
+                                       threshold=0.9)
+  with pytest.raises(ValueError, match=r"^SamplerConfig.cache='none', threshold=0.9: the first"):
+    fhs.generate(llada.forward_fn(config), None, prompts[0], sc, jax.random.key(0))

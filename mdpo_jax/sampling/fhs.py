@@ -169,6 +169,10 @@ def generate(forward_fn: Callable, params, prompt_BxP, config: sampler.SamplerCo
   """
   prompt_mask = sampler.checked_inputs(prompt_BxP, prompt_mask, config)
   _check_keys(prompt_BxP, rng)
+  if config.cache != "none" or config.threshold is not None:
+    raise ValueError(f"SamplerConfig.cache={config.cache!r}, threshold={config.threshold!r}: "
+                     "the first-hitting sampler makes one model call per token by design; "
+                     "allowed: cache='none', threshold=None")
   config = config.replace(steps=config.gen_length, remasking="random", schedule="llada",
                           eos_confidence_neg_inf=False)   # unused by FHS: one compilation
   tokens, trajectory = _generate_jit(sampler.static_callable(forward_fn), params, prompt_BxP,
