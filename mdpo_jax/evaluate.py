@@ -10,6 +10,13 @@ was right while the final answer was wrong (over-denoising). `--checkpoint` is a
 checkpoint folder (a LoRA run's adapters are merged into its base, rebuilt from the config saved
 with the checkpoint); `--hf_checkpoint` evaluates a Hugging Face folder instead.
 
+`--likelihood` scores instead of sampling: the Monte Carlo ELBO bound on each held-out problem's
+SFT completion given its prompt (`--draws`, stratified mask counts), per completion and per token,
+and the perplexity bound, for each unsupervised-CFG weight of `--cfg_scales`:
+
+  python -m mdpo_jax.evaluate --config configs/countdown_tiny_sft.py \
+      --checkpoint /tmp/countdown_sft/checkpoints --likelihood --draws 128 --cfg_scales 0,1
+
 `--plots DIR` also draws (`mdpo_jax.plots`): per setting, the trajectory of held-out problem
 `--plot_problem` exactly as it was scored (trajectory_<setting>.png); with
 `eval.trajectory_stats`, over_denoising.png (per step, how often x̂0_t was right, split by the
@@ -23,6 +30,7 @@ traceback only for a bug.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -32,7 +40,7 @@ from ml_collections import config_flags
 
 from mdpo_jax import cli, parallel, plots
 from mdpo_jax.data.tokenizer import decode_completions
-from mdpo_jax.training import evaluation
+from mdpo_jax.training import evaluation, likelihood
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.",
                                           lock_config=True)
@@ -40,6 +48,13 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run's WORKDIR/checkpoin
 _HF = flags.DEFINE_string("hf_checkpoint", None, "Or a Hugging Face folder of the config's "
                           "model.family (LLaDA, or Dream with --config.model.family=dream).")
 _OUT = flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
+_LIKELIHOOD = flags.DEFINE_boolean(
+    "likelihood", False, "Instead of sampling: the Monte Carlo ELBO bound on each held-out "
+    "problem's SFT completion given its prompt, and the perplexity bound (training/likelihood.py).")
+_DRAWS = flags.DEFINE_integer("draws", 128, "With --likelihood: Monte Carlo draws per problem "
+                              "(stratified mask counts; LLaDA uses 128).")
+_CFG_SCALES = flags.DEFINE_list("cfg_scales", ["0"], "With --likelihood: unsupervised CFG weights "
+                                "to score with, one table row each (0 = no guidance).")
 _PLOTS = flags.DEFINE_string("plots", None, "Also draw PNG pictures into this folder (made if "
                              "missing): trajectories, over-denoising, training curves.")
 _PLOT_PROBLEM = flags.DEFINE_integer("plot_problem", 0, "With --plots: the held-out problem whose "
@@ -105,6 +120,38 @@ def _draw(folder: str, rows: list[dict], model: evaluation.LoadedModel, problem:
     print(f"picture: {path}")
 
 
+def _check_likelihood(on: bool, draws: int, cfg_scales: list[str], plots_dir) -> list[float]:
+  """--likelihood's flags, before anything is loaded: the CFG weights, or one UsageError line."""
+  if not on:
+    return []
+  if draws < 1:
+    raise app.UsageError(f"--draws={draws}: allowed an integer ≥ 1")
+  if plots_dir:
+    raise app.UsageError("--plots draws sampling pictures; it does not apply with --likelihood")
+  scales = []
+  for text in cfg_scales:
+    try:
+      w = float(text)
+    except ValueError:
+      w = math.nan
+    if not (math.isfinite(w) and w >= 0):
+      raise app.UsageError(f"--cfg_scales={','.join(cfg_scales)}: {text!r} is not a number ≥ 0")
+    scales.append(w)
+  return scales
+
+
+def _likelihood(model: evaluation.LoadedModel, scales: list[float]) -> None:
+  problems = model.problems()
+  rows = likelihood.evaluate(model, problems, num_draws=_DRAWS.value, cfg_scales=scales)
+  if jax.process_index() == 0:
+    print(f"{len(problems)} held-out problems, seed {model.config.seed}: ELBO bound on the SFT "
+          f"completion (answer + EOS padding to data.seq_len={model.config.data.seq_len})")
+    print(likelihood.markdown_table(rows))
+    if _OUT.value:
+      with open(_OUT.value, "w", encoding="utf-8") as f:
+        json.dump(rows, f, indent=1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -112,9 +159,12 @@ def main(argv):
   _check_paths(_CHECKPOINT.value, _HF.value, _OUT.value)
   _check_plots(_PLOTS.value, _PLOT_PROBLEM.value, config)
   parallel.initialize_distributed()
+  scales = _check_likelihood(_LIKELIHOOD.value, _DRAWS.value, _CFG_SCALES.value, _PLOTS.value)
   try:
     model = evaluation.load_checkpoint(config, checkpoint=_CHECKPOINT.value,
                                        hf_checkpoint=_HF.value)
+    if _LIKELIHOOD.value:
+      return _likelihood(model, scales)
     rows, n = evaluation.evaluate_checkpoint(config, model=model)
   except (ValueError, FileNotFoundError) as e:   # config, file and prompt errors: one line
     raise app.UsageError(str(e)) from e

@@ -181,6 +181,15 @@ def _sft_row(index: int, example: Any, *, tokenizer: tokenizers.Tokenizer, seq_l
   return {"tokens": tokens_L, "prompt_mask": prompt_mask_L}
 
 
+def sft_rows(examples: Sequence[Any], tokenizer: tokenizers.Tokenizer, *, seq_len: int,
+             eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens [N, seq_len], prompt_mask [N, seq_len]) of (prompt, answer) examples: exactly the
+  rows SFT trains on (prompt | answer | EOS…), e.g. to score a checkpoint's answer likelihood."""
+  rows = [_sft_row(i, ex, tokenizer=tokenizer, seq_len=seq_len, eos_id=eos_id)
+          for i, ex in enumerate(examples)]
+  return (np.stack([r["tokens"] for r in rows]), np.stack([r["prompt_mask"] for r in rows]))
+
+
 def sft_dataset(
     examples: Sequence,
     tokenizer: tokenizers.Tokenizer,
