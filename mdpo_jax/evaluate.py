@@ -30,7 +30,6 @@ traceback only for a bug.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -128,16 +127,10 @@ def _check_likelihood(on: bool, draws: int, cfg_scales: list[str], plots_dir) ->
     raise app.UsageError(f"--draws={draws}: allowed an integer ≥ 1")
   if plots_dir:
     raise app.UsageError("--plots draws sampling pictures; it does not apply with --likelihood")
-  scales = []
-  for text in cfg_scales:
-    try:
-      w = float(text)
-    except ValueError:
-      w = math.nan
-    if not (math.isfinite(w) and w >= 0):
-      raise app.UsageError(f"--cfg_scales={','.join(cfg_scales)}: {text!r} is not a number ≥ 0")
-    scales.append(w)
-  return scales
+  try:
+    return likelihood.parse_cfg_scales(cfg_scales)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
 
 
 def _likelihood(model: evaluation.LoadedModel, scales: list[float]) -> None:

@@ -24,6 +24,20 @@ from mdpo_jax.models import families
 from mdpo_jax.sampling import sampler
 
 
+def parse_cfg_scales(texts: Sequence[str]) -> list[float]:
+  """Guidance weights from their text (a CLI list), or a one-line ValueError naming the bad one."""
+  scales = []
+  for text in texts:
+    try:
+      w = float(text)
+    except ValueError:
+      w = math.nan
+    if not (math.isfinite(w) and w >= 0):
+      raise ValueError(f"--cfg_scales={','.join(texts)}: {text!r} is not a number ≥ 0")
+    scales.append(w)
+  return scales
+
+
 def completion_rows(task, problems: Sequence, tokenizer, *, seq_len: int, eos_id: int):
   """(tokens [N, seq_len], prompt_mask [N, seq_len]) of the problems' SFT rows."""
   return pipeline.sft_rows([(task.prompt(p), task.sft_answer(p)) for p in problems], tokenizer,
