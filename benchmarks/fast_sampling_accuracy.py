@@ -14,45 +14,21 @@ and the wall time of the whole evaluation. Choose τ on --split validation; repo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import time
 
-import jax
 import numpy as np
-from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
 
-from mdpo_jax.data import pipeline
-from mdpo_jax.data.tokenizer import decode_completions
-from mdpo_jax.models import families
-from mdpo_jax.sampling.sampler import SamplerConfig, generate
 from mdpo_jax.training import evaluation
 
 
 def load_config(path: str):
-  import importlib.util
+  """The ConfigDict of a config file (`get_config()`), as `--config` gives it to the CLIs."""
   spec = importlib.util.spec_from_file_location("run_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
-
-
-def solved(model, problems, sc: SamplerConfig, batch_size: int):
-  """(per-problem solved [N] bool, mean NFE per batch, seconds) of greedy sampling with `sc`."""
-  cfg, run_cfg = model.model_cfg, model.config
-  prompts, mask = pipeline.eval_prompts([model.task.prompt(p) for p in problems],
-                                        model.tokenizer, prompt_len=run_cfg.data.prompt_len,
-                                        pad_id=cfg.pad_token_id)
-  fwd, stops, p = families.forward_fn(cfg), (cfg.eos_token_id, cfg.eot_token_id), prompts.shape[1]
-  out, calls, start = [], [], time.perf_counter()
-  for lo in range(0, len(problems), batch_size):
-    rows = np.minimum(np.arange(lo, lo + batch_size), len(problems) - 1)   # full batches
-    tokens, nfe = generate(fwd, model.params, prompts[rows], sc, jax.random.key(lo),
-                           prompt_mask=mask[rows], return_nfe=True)
-    real = min(batch_size, len(problems) - lo)
-    answers = decode_completions(model.tokenizer, np.asarray(tokens)[:real, p:], stops)
-    out += [model.task.reward(a, prob) >= 1 for a, prob in zip(answers, problems[lo:lo + real])]
-    calls.append(int(nfe))
-  return np.asarray(out), float(np.mean(calls)), time.perf_counter() - start
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
@@ -75,26 +51,31 @@ def main():
   parser.add_argument("--remasking", default="low_confidence")
   args = parser.parse_args()
 
-  model = evaluation.load_checkpoint(load_config(args.config), checkpoint=args.checkpoint)
+  raw = load_config(args.config)
+  raw.eval.block_length, raw.eval.batch_size = args.block_length, args.batch_size
+  raw.eval.trajectory_stats = False
+  model = evaluation.load_checkpoint(raw, checkpoint=args.checkpoint)
   problems = model.problems(args.split, args.problems)
-  gen = model.config.eval.gen_length
-  base = SamplerConfig.for_model(model.model_cfg, gen_length=gen, block_length=args.block_length,
-                                 steps=args.steps, remasking=args.remasking)
-  print(f"{len(problems)} {args.split} problems; gen {gen}, block {args.block_length}, steps "
-        f"{args.steps} (cap under a threshold), {args.remasking}, greedy; batch {args.batch_size}")
+  print(f"{len(problems)} {args.split} problems; gen {model.config.eval.gen_length}, block "
+        f"{args.block_length}, steps {args.steps} (cap under a threshold), {args.remasking}, "
+        f"greedy; batch {args.batch_size}")
   print("| cache | τ | accuracy | 95% CI | Δ vs none (paired 95% CI) | NFE / batch | seconds |")
   print("|---|---|---|---|---|---|---|")
   reference = None
   for cache in ("none", "prefix", "dual"):
-    for tau in [None] + [float(t) for t in args.taus.split(",")]:
-      ok, nfe, seconds = solved(model, problems, base.replace(cache=cache, threshold=tau),
-                                args.batch_size)
+    for tau in [0.0] + [float(t) for t in args.taus.split(",")]:
+      setting = evaluation.Setting(args.steps, args.remasking, cache=cache, threshold=tau)
+      start = time.perf_counter()
+      row, = evaluation.evaluate_task(model.config, model.model_cfg, model.params,
+                                      model.tokenizer, model.task, problems, [setting],
+                                      progress=False, per_problem=True)
+      seconds = time.perf_counter() - start
+      ok = np.asarray(row["solved"])
       reference = ok if reference is None else reference
-      k, n = int(ok.sum()), len(ok)
-      lo, hi = evaluation.wilson_interval(k, n)
       d, dlo, dhi = paired_interval(ok, reference)
-      print(f"| {cache} | {tau or '-'} | {k / n:.3f} | [{lo:.3f}, {hi:.3f}] | "
-            f"{d:+.3f} [{dlo:+.3f}, {dhi:+.3f}] | {nfe:.1f} | {seconds:.1f} |", flush=True)
+      print(f"| {cache} | {tau or '-'} | {row['accuracy']:.3f} | [{row['ci_low']:.3f}, "
+            f"{row['ci_high']:.3f}] | {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}] | {row['nfe']:.1f} | "
+            f"{seconds:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

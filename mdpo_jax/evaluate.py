@@ -133,16 +133,23 @@ def _check_likelihood(on: bool, draws: int, cfg_scales: list[str], plots_dir) ->
     raise app.UsageError(str(e)) from e
 
 
+def _report(header: str, table: str, rows: list[dict]) -> None:
+  """Print the header and table on the first process; --output gets the rows as JSON."""
+  if jax.process_index() != 0:
+    return
+  print(header)
+  print(table)
+  if _OUT.value:
+    with open(_OUT.value, "w", encoding="utf-8") as f:
+      json.dump(rows, f, indent=1)
+
+
 def _likelihood(model: evaluation.LoadedModel, scales: list[float]) -> None:
   problems = model.problems()
   rows = likelihood.evaluate(model, problems, num_draws=_DRAWS.value, cfg_scales=scales)
-  if jax.process_index() == 0:
-    print(f"{len(problems)} held-out problems, seed {model.config.seed}: ELBO bound on the SFT "
-          f"completion (answer + EOS padding to data.seq_len={model.config.data.seq_len})")
-    print(likelihood.markdown_table(rows))
-    if _OUT.value:
-      with open(_OUT.value, "w", encoding="utf-8") as f:
-        json.dump(rows, f, indent=1)
+  _report(f"{len(problems)} held-out problems, seed {model.config.seed}: ELBO bound on the SFT "
+          f"completion (answer + EOS padding to data.seq_len={model.config.data.seq_len})",
+          likelihood.markdown_table(rows), rows)
 
 
 def main(argv):
@@ -161,15 +168,10 @@ def main(argv):
     rows, n = evaluation.evaluate_checkpoint(config, model=model)
   except (ValueError, FileNotFoundError) as e:   # config, file and prompt errors: one line
     raise app.UsageError(str(e)) from e
-  if jax.process_index() == 0:
-    print(f"{n} held-out problems, seed {config.seed}, gen_length {config.eval.gen_length}, "
-          f"block_length {config.eval.block_length}")
-    print(evaluation.markdown_table(rows))
-    if _OUT.value:
-      with open(_OUT.value, "w", encoding="utf-8") as f:
-        json.dump(rows, f, indent=1)
-    if _PLOTS.value:
-      _draw(_PLOTS.value, rows, model, _PLOT_PROBLEM.value)
+  _report(f"{n} held-out problems, seed {config.seed}, gen_length {config.eval.gen_length}, "
+          f"block_length {config.eval.block_length}", evaluation.markdown_table(rows), rows)
+  if _PLOTS.value and jax.process_index() == 0:
+    _draw(_PLOTS.value, rows, model, _PLOT_PROBLEM.value)
 
 
 if __name__ == "__main__":

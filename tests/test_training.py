@@ -226,7 +226,7 @@ def test_evaluation_pads_a_partial_last_batch():
     rows = evaluation.evaluate(cfg, params, tokenizer, prompts, mask, problems, reward,
                                [evaluation.Setting(4, "low_confidence", 0.0)], gen_length=8,
                                block_length=8, batch_size=batch_size, trajectory_stats=False,
-                               progress=False)
+                               progress=False, per_problem=True)
     return rows[0], list(scored)
   (whole, scored_whole), (parts, scored_parts) = run(7), run(3)
   assert [p for _, p in scored_parts] == list(problems)   # each problem once, padding dropped
@@ -236,3 +236,4 @@ def test_evaluation_pads_a_partial_last_batch():
   values = [reward(a, p) for a, p in scored_whole]
   assert whole["accuracy"] == sum(v == 1.0 for v in values) / 7
   assert whole["mean_reward"] == pytest.approx(np.mean(values))
+  assert whole["solved"] == parts["solved"] == [v == 1.0 for v in values]   # per problem, in order

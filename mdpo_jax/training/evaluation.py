@@ -88,9 +88,10 @@ def settings_from_config(ev) -> list[Setting]:
 
 def evaluate_task(config, model_cfg: families.ModelConfig, params, tokenizer, task,
                   problems: Sequence, settings: Sequence[Setting] | None = None, *,
-                  progress: bool = True) -> list[dict]:
+                  progress: bool = True, per_problem: bool = False) -> list[dict]:
   """Accuracy of `params` on `problems` of `task` with the run's `eval` settings (or `settings`):
-  the one evaluation path of the trainers, `python -m mdpo_jax.evaluate` and `reproduce`."""
+  the one evaluation path of the trainers, `python -m mdpo_jax.evaluate`, `reproduce` and the
+  benchmarks (`per_problem` as in `evaluate`)."""
   ev = config.eval
   prompts, mask = pipeline.eval_prompts([task.prompt(p) for p in problems], tokenizer,
                                         prompt_len=config.data.prompt_len,
@@ -99,7 +100,8 @@ def evaluate_task(config, model_cfg: families.ModelConfig, params, tokenizer, ta
                   settings_from_config(ev) if settings is None else settings,
                   gen_length=ev.gen_length, block_length=ev.block_length,
                   batch_size=ev.batch_size, seed=config.seed,
-                  trajectory_stats=ev.trajectory_stats, progress=progress)
+                  trajectory_stats=ev.trajectory_stats, progress=progress,
+                  per_problem=per_problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +175,9 @@ def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np
              prompt_mask_NxP: np.ndarray, problems: Sequence, reward: Callable,
              settings: Sequence[Setting], *, gen_length: int, block_length: int,
              batch_size: int, seed: int = 0, trajectory_stats: bool = True,
-             progress: bool = True) -> list[dict]:
-  """One result row per setting: accuracy (+95% interval) and intermediate-step statistics.
+             progress: bool = True, per_problem: bool = False) -> list[dict]:
+  """One result row per setting: accuracy (+95% interval) and intermediate-step statistics;
+  with `per_problem`, also `solved` (one bool per problem, for paired comparisons).
 
   Every sampler call has `batch_size` rows (a last partial batch is padded by repeating its last
   prompt, and the copies are dropped), so one compilation serves any number of problems.
@@ -235,6 +238,8 @@ def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np
       row["over_denoised"] = float(np.concatenate(wrong_but_mid).mean())
       right_TxN = np.concatenate([np.concatenate(mid_right, 1), (rewards >= 1)[None]])
       row["step_curves"] = step_correctness(right_TxN.T, rewards >= 1).to_json()
+    if per_problem:
+      row["solved"] = (rewards >= 1).tolist()
     rows.append(row)
   return rows
 
