@@ -11,13 +11,14 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.trainer = "sft"            # pretrain | sft | mdpo | diffu_grpo
+  c.trainer = "sft"            # pretrain | sft | ilm (insertion LM) | mdpo | diffu_grpo
   c.seed = 0                   # parameter init, data order, noise; everything derives from it
 
   # ---- model -----------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
-  c.model.family = "llada"     # llada | dream (mdpo_jax.models.families: model, presets, HF)
-  c.model.preset = "tiny"      # the family's: llada: tiny | llada_8b; dream: tiny | dream_7b
+  c.model.family = "llada"     # llada | dream | ar (mdpo_jax.models.families: model, presets,
+                               # HF; ar: the causal baseline, trainer pretrain|sft, eval.sampler ar)
+  c.model.preset = "tiny"      # the family's: llada: tiny | llada_8b; dream: tiny | dream_7b; ar: tiny
   c.model.hf_checkpoint = ""   # a Hugging Face folder of model.family to start from (overrides
                                # preset; its config.json model_type must match the family)
   c.model.init_checkpoint = ""  # a run's WORKDIR/checkpoints to take params from (e.g. SFT → RL)
@@ -47,7 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- task and data -------------------------------------------------------------------------
   c.task = ml_collections.ConfigDict()
-  c.task.name = "countdown"    # countdown | math | gsm8k | sudoku (countdown, sudoku: procedural;
+  c.task.name = "countdown"    # countdown | math | gsm8k | sudoku | stargraph | reversal
+                               # (countdown, sudoku, stargraph: procedural; reversal: fictitious
+                               # facts, train_size facts, eval_size/val_size of them queried;
                                # math, gsm8k: JSONL files below); pretraining reads
                                # data.pretrain_files instead
   c.task.train_file = ""       # math: training records (problem, answer/solution) as JSONL
@@ -66,6 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.task.prompt_style = "compact"  # compact (numbers + target) | full (SPEC §5 instructions)
   c.task.empty_min = 6         # sudoku: empty cells per puzzle, drawn uniformly from
   c.task.empty_max = 10        # [empty_min, empty_max] (≤ 12: 4 clues at least)
+  c.task.graph_degree = 3      # stargraph: arms leaving the source (B&N's degree)
+  c.task.arm_min = 5           # stargraph: nodes per arm, source included (B&N's path length),
+  c.task.arm_max = 5           # drawn uniformly per arm from [arm_min, arm_max]
+  c.task.graph_nodes = 20      # stargraph: node labels (one letter each, ≤ 26)
   c.task.train_size = 12000    # procedural training problems (seed = c.seed); 3 numbers in
                                # 1–20 with targets ≤ 100 have only 16292 distinct solvable problems
   c.task.eval_size = 1000      # held-out problems (disjoint from training: seed + 1, deduplicated)
@@ -117,6 +124,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.sampler = "llada"      # llada (steps × remasking below) | fhs (first-hitting: one token
                                # per model call, gen_length calls; steps/remasking do not apply)
+                               # | ar (left to right, model.family="ar" only; cache none|prefix)
   c.eval.num_problems = 500    # held-out problems evaluated (≤ task.eval_size)
   c.eval.batch_size = 250
   c.eval.gen_length = 48       # generated tokens (answer + EOS)
@@ -127,6 +135,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.trajectory_stats = True  # score every intermediate prediction x̂0_t too
   c.eval.cache = "none"        # none | prefix | dual: the sampler's KV cache (Fast-dLLM-style)
   c.eval.threshold = 0.0       # > 0: also commit every token with confidence ≥ this (0 = off)
+  c.eval.cfg_scale = 0.0       # unsupervised classifier-free guidance weight w ≥ 0 (SMDM; the
+                               # prompt masked is the unconditional model; 0 = no guidance)
 
   # ---- RL (trainer = mdpo | diffu_grpo) ------------------------------------------------------
   c.rl = ml_collections.ConfigDict()

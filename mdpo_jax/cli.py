@@ -48,6 +48,8 @@ def _flag_error(error: BaseException, argv: Sequence[str]) -> str:
     return f"{config}: cannot load the config file: {root.strerror or root}"
   if isinstance(error, SyntaxError) and "--config" in " ".join(argv):
     return f"--config={error.filename}: {error.msg} (line {error.lineno})"
+  if isinstance(root, ValueError) and "Error whilst parsing config file" in str(error):
+    return str(root)   # a config file's own check of its argument (`--config=FILE:ARG`)
   return str(error).split("\n")[0] if str(error) else type(error).__name__
 
 

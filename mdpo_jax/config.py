@@ -26,15 +26,17 @@ from typing import Any, Callable, Mapping
 
 from mdpo_jax import parallel
 from mdpo_jax import tasks as tasks_lib
+from mdpo_jax.data import generated
 from mdpo_jax.models import families, llada, lora
 from mdpo_jax.rl import algorithms
 from mdpo_jax.sampling import fhs, sampler
 from mdpo_jax.training import optim as optim_lib
 
-SUPERVISED_TRAINERS = ("pretrain", "sft")
+SUPERVISED_TRAINERS = ("pretrain", "sft", "ilm")   # ilm: the insertion LM (training/ilm_loop)
 TASKS = tuple(tasks_lib.TASKS)
 PROCEDURAL_TASKS = tuple(n for n, t in tasks_lib.TASKS.items() if t.procedural)  # fresh problems
-FILE_TASKS = tuple(n for n in TASKS if n not in PROCEDURAL_TASKS)  # task.train_file/eval_file
+FILE_TASKS = tuple(n for n, t in tasks_lib.TASKS.items()   # read task.train_file/eval_file
+                   if issubclass(t, tasks_lib.records.RecordTask))
 FILTERS = ("none", "over_denoising")
 PROMPT_SOURCES = ("train", "fresh")
 DTYPES = llada._DTYPES        # what every family accepts (its config checks again when built)
@@ -148,6 +150,10 @@ class TaskConfig(_Section):
   prompt_style: str
   empty_min: int
   empty_max: int
+  graph_degree: int
+  arm_min: int
+  arm_max: int
+  graph_nodes: int
   train_size: int
   eval_size: int
   val_size: int
@@ -211,6 +217,7 @@ class EvalConfig(_Section):
   trajectory_stats: bool
   cache: str
   threshold: float
+  cfg_scale: float
 
 
 @_frozen
@@ -454,6 +461,7 @@ _RULES: dict[str, dict[str, Rule]] = {
         "remasking": _each_in(sampler.REMASKING), "temperature": _NON_NEGATIVE,
         "sampler": _one_of(fhs.SAMPLERS), "cache": _one_of(sampler.CACHES),
         "threshold": _within(0, 1),
+        "cfg_scale": _at_least(0, "must be ≥ 0 (unsupervised CFG weight w; 0 = no guidance)"),
     },
     "rl": {   # applied for RL trainers only
         **{k: _POSITIVE for k in ("num_updates", "prompts_per_update", "top_k", "inner_iters",
@@ -549,7 +557,9 @@ def _check_data(c: RunConfig) -> None:
                      f"data.batch_size={c.data.batch_size}")
   if c.trainer == "pretrain" and not c.data.pretrain_files.strip():
     raise ValueError("data.pretrain_files='': trainer='pretrain' needs comma-separated JSONL / "
-                     "ArrayRecord files")
+                     "ArrayRecord files or generated:NAME (a procedural corpus)")
+  if c.trainer == "pretrain" and generated.is_generated(c.data.pretrain_files):
+    generated.parse_spec(c.data.pretrain_files)   # its errors name data.pretrain_files
 
 
 def _check_optim(c: RunConfig) -> None:
@@ -568,13 +578,32 @@ def _check_resume_allow(c: RunConfig) -> None:
                      "a config key or section (e.g. optim.lr, data)")
 
 
+def _check_family(c: RunConfig) -> None:
+  """The autoregressive baseline (`model.family="ar"`): trained from a preset by the supervised
+  trainers and decoded by its own sampler; the diffusion samplers and RL are not for it (nor the
+  AR decoder for a bidirectional model)."""
+  m, ar = c.model, c.model.family == "ar"
+  if m.hf_checkpoint and not families.get(m.family).hf_folders:
+    raise ValueError(f"model.hf_checkpoint={m.hf_checkpoint}: model.family={m.family!r} has no "
+                     "Hugging Face format; allowed: '' (a preset) or model.init_checkpoint")
+  if ar and c.trainer not in ("pretrain", "sft"):
+    raise ValueError(f"trainer={c.trainer!r}: model.family='ar' (the autoregressive baseline) "
+                     "trains with one of ('pretrain', 'sft')")
+  if ar != (c.eval.sampler == "ar"):
+    allowed = "'ar'" if ar else f"one of {tuple(s for s in fhs.SAMPLERS if s != 'ar')}"
+    raise ValueError(f"eval.sampler={c.eval.sampler!r}: with model.family={m.family!r} allowed "
+                     f"{allowed} (the AR decoder is for the causal baseline only)")
+
+
 def _check_eval(c: RunConfig) -> None:
   """Every (steps × remasking) setting is a valid sampler: fails in seconds, not after training."""
   ev = c.eval
-  first_hitting = ev.sampler == "fhs"   # one token per call: steps/remasking do not apply
-  if first_hitting and (ev.cache != "none" or ev.threshold):
+  first_hitting = ev.sampler in ("fhs", "ar")   # one token per call: no steps/remasking
+  cache_ok = ev.cache == "none" or (ev.sampler == "ar" and ev.cache == "prefix")
+  if first_hitting and (not cache_ok or ev.threshold):
     raise ValueError(f"eval.cache={ev.cache!r}, eval.threshold={ev.threshold!r}: fast sampling "
-                     "applies to eval.sampler='llada' only (use 'none' and 0 with 'fhs')")
+                     "applies to eval.sampler='llada' only (use 'none' and 0 with 'fhs'; 'ar' "
+                     "also takes cache='prefix')")
   for steps in (ev.gen_length,) if first_hitting else ev.steps:
     for remasking in ("random",) if first_hitting else ev.remasking:
       try:
@@ -617,7 +646,7 @@ def _check_rl(c: RunConfig) -> None:
                      "of an update (prompts_per_update × group_size [× top_k for mdpo])")
 
 
-_CROSS_CHECKS = (_check_model, _check_mesh, _check_task, _check_data, _check_optim,
+_CROSS_CHECKS = (_check_model, _check_family, _check_mesh, _check_task, _check_data, _check_optim,
                  _check_resume_allow, _check_eval,
                  _check_rl)
 

@@ -9,6 +9,8 @@ Prints one row per (steps, remasking) setting: accuracy with its 95% interval an
 was right while the final answer was wrong (over-denoising). `--checkpoint` is a run's
 checkpoint folder (a LoRA run's adapters are merged into its base, rebuilt from the config saved
 with the checkpoint); `--hf_checkpoint` evaluates a Hugging Face folder instead.
+`--cfg_scales 0,0.5,1,2` runs every setting at each unsupervised-CFG weight w (one row per
+setting and w; without the flag, at `eval.cfg_scale`).
 
 `--likelihood` scores instead of sampling: the Monte Carlo ELBO bound on each held-out problem's
 SFT completion given its prompt (`--draws`, stratified mask counts), per completion and per token,
@@ -29,6 +31,7 @@ traceback only for a bug.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -52,8 +55,9 @@ _LIKELIHOOD = flags.DEFINE_boolean(
     "problem's SFT completion given its prompt, and the perplexity bound (training/likelihood.py).")
 _DRAWS = flags.DEFINE_integer("draws", 128, "With --likelihood: Monte Carlo draws per problem "
                               "(stratified mask counts; LLaDA uses 128).")
-_CFG_SCALES = flags.DEFINE_list("cfg_scales", ["0"], "With --likelihood: unsupervised CFG weights "
-                                "to score with, one table row each (0 = no guidance).")
+_CFG_SCALES = flags.DEFINE_list("cfg_scales", ["0"], "Unsupervised CFG weights w, one table row "
+                                "each (0 = no guidance): with --likelihood the ELBO rows; without, "
+                                "every eval setting at each w (not given: eval.cfg_scale).")
 _PLOTS = flags.DEFINE_string("plots", None, "Also draw PNG pictures into this folder (made if "
                              "missing): trajectories, over-denoising, training curves.")
 _PLOT_PROBLEM = flags.DEFINE_integer("plot_problem", 0, "With --plots: the held-out problem whose "
@@ -133,6 +137,25 @@ def _check_likelihood(on: bool, draws: int, cfg_scales: list[str], plots_dir) ->
     raise app.UsageError(str(e)) from e
 
 
+def _sweep_scales() -> list[float] | None:
+  """Sampling's --cfg_scales as numbers, or None when the flag is not given (the settings then
+  run at eval.cfg_scale). A bad weight: one UsageError line, before anything is loaded."""
+  if not flags.FLAGS["cfg_scales"].present:
+    return None
+  try:
+    return likelihood.parse_cfg_scales(_CFG_SCALES.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+
+
+def _sweep(model: evaluation.LoadedModel, scales: list[float] | None):
+  """Each of the run's eval settings at each w of `scales`, w by w (None: the run's settings)."""
+  if scales is None:
+    return None
+  return [dataclasses.replace(s, cfg_scale=w) for w in scales
+          for s in evaluation.settings_from_config(model.config.eval)]
+
+
 def _report(header: str, table: str, rows: list[dict]) -> None:
   """Print the header and table on the first process; --output gets the rows as JSON."""
   if jax.process_index() != 0:
@@ -160,12 +183,13 @@ def main(argv):
   _check_plots(_PLOTS.value, _PLOT_PROBLEM.value, config)
   parallel.initialize_distributed()
   scales = _check_likelihood(_LIKELIHOOD.value, _DRAWS.value, _CFG_SCALES.value, _PLOTS.value)
+  sweep = None if _LIKELIHOOD.value else _sweep_scales()
   try:
     model = evaluation.load_checkpoint(config, checkpoint=_CHECKPOINT.value,
                                        hf_checkpoint=_HF.value)
     if _LIKELIHOOD.value:
       return _likelihood(model, scales)
-    rows, n = evaluation.evaluate_checkpoint(config, model=model)
+    rows, n = evaluation.evaluate_checkpoint(config, model=model, settings=_sweep(model, sweep))
   except (ValueError, FileNotFoundError) as e:   # config, file and prompt errors: one line
     raise app.UsageError(str(e)) from e
   _report(f"{n} held-out problems, seed {config.seed}, gen_length {config.eval.gen_length}, "

@@ -47,7 +47,8 @@ _CHAT = flags.DEFINE_boolean("chat", True, "Wrap the prompt in the model's Instr
 _GEN = flags.DEFINE_integer("gen_length", 128, "Tokens to generate.")
 _BLOCK = flags.DEFINE_integer("block_length", 32, "Semi-autoregressive block length.")
 _SAMPLER = flags.DEFINE_enum(
-    "sampler", "llada", list(fhs.SAMPLERS), "llada: the scan sampler (--steps, --remasking); "
+    # "ar" (the causal baseline's decoder) is not offered: that family has no Hugging Face folder.
+    "sampler", "llada", ["llada", "fhs"], "llada: the scan sampler (--steps, --remasking); "
     "fhs: first-hitting, one token per network call (gen_length calls; exact).")
 _STEPS = flags.DEFINE_integer("steps", 128, "Denoising steps (network calls).")
 _TEMP = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = argmax).")

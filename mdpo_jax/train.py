@@ -22,7 +22,7 @@ from ml_collections import config_flags
 from mdpo_jax import cli
 from mdpo_jax import config as config_lib
 from mdpo_jax import parallel
-from mdpo_jax.training import evaluation, rl_loop, sft_loop
+from mdpo_jax.training import evaluation, ilm_loop, rl_loop, sft_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a Python file).",
                                           lock_config=True)
@@ -35,7 +35,7 @@ def main(argv):
   raw = cli.config_value(_CONFIG)
   config = config_lib.parse(raw)   # every check, before anything is built
   logging.debug("config:\n%s", raw)   # saved with every checkpoint; -v 1 prints it
-  loop = rl_loop if config.is_rl else sft_loop
+  loop = rl_loop if config.is_rl else ilm_loop if config.trainer == ilm_loop.TRAINER else sft_loop
   result = loop.train(config, _WORKDIR.value)
   if result.get("stopped") == "preempted":   # a clean stop: status 0, one line
     print(f"stopped by a signal at step {result['step']}: checkpoint saved; run the same "

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[1] / "mdpo_jax"
-ENTRY_POINTS = {"mdpo_jax.train", "mdpo_jax.evaluate", "mdpo_jax.generate", "mdpo_jax.reproduce"}
+ENTRY_POINTS = {"mdpo_jax.train", "mdpo_jax.evaluate", "mdpo_jax.generate", "mdpo_jax.reproduce",
+                "mdpo_jax.plan"}
 
 
 def _modules() -> dict[str, Path]:

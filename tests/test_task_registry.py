@@ -16,7 +16,7 @@ import pytest
 from mdpo_jax import tasks
 from mdpo_jax.tasks import Task, base
 from mdpo_jax.tasks import countdown as cd
-from mdpo_jax.tasks import gsm8k, sudoku
+from mdpo_jax.tasks import gsm8k, reversal, stargraph, sudoku
 from mdpo_jax.tasks import math as math_task
 
 HELD, VAL, FRESH = 1_000_003, 2_000_003, 3_000_017
@@ -28,7 +28,7 @@ def _cfg(**over) -> types.SimpleNamespace:
                 eval_size=50, val_size=50, sft_extra_fresh=0, num_numbers=(3,), number_min=1,
                 number_max=20, target_min=1, target_max=100, answer_style="steps",
                 target_sampling="reachable", solution_order="canonical", prompt_style="compact",
-                empty_min=6, empty_max=10)
+                empty_min=6, empty_max=10, graph_degree=3, arm_min=5, arm_max=5, graph_nodes=20)
   fields.update(over)
   return types.SimpleNamespace(**fields)
 
@@ -49,14 +49,17 @@ def _assert_disjoint(task, splits: dict[str, list]) -> None:
 
 def test_registry_names_and_unknown_name():
   assert tasks.TASKS == {"countdown": cd.CountdownTask, "math": math_task.MathTask,
-                         "gsm8k": gsm8k.GSM8KTask, "sudoku": sudoku.SudokuTask}
+                         "gsm8k": gsm8k.GSM8KTask, "sudoku": sudoku.SudokuTask,
+                         "stargraph": stargraph.StarGraphTask,
+                         "reversal": reversal.ReversalTask}
   with pytest.raises(ValueError, match=r"^task.name='x': allowed \('countdown', 'gsm8k', 'math', "
-                     r"'sudoku'\)$"):
+                     r"'reversal', 'stargraph', 'sudoku'\)$"):
     tasks.build(_cfg(name="x"), 0)
 
 
 @pytest.mark.parametrize("name,procedural", [("countdown", True), ("math", False),
-                                             ("gsm8k", False), ("sudoku", True)])
+                                             ("gsm8k", False), ("sudoku", True),
+                                             ("stargraph", True), ("reversal", False)])
 def test_every_task_implements_the_protocol(name, procedural):
   task = tasks.build(_cfg(name=name), 0)
   assert isinstance(task, Task) and isinstance(task, tasks.TASKS[name])

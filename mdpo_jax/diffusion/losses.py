@@ -30,7 +30,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from mdpo_jax.diffusion import masking
+from mdpo_jax.diffusion import chunked, masking
 from mdpo_jax.diffusion import guidance
 from mdpo_jax.diffusion.guidance import guided_logits
 
@@ -117,13 +117,18 @@ def pretrain_loss_from_logits(
   _check_tokens_and_masks(tokens_BxL, masked_BxL=masked_BxL, valid_BxL=valid_BxL)
   _check_logits(logits_BxLxV, tokens_BxL)
   _check_p(p_B, tokens_BxL)
+  return _pretrain_loss_from_ce(token_ce(logits_BxLxV, tokens_BxL), masked_BxL, p_B, valid_BxL)
+
+
+def _pretrain_loss_from_ce(ce_BxL: Array, masked_BxL: Array, p_B: Array,
+                           valid_BxL: Array | None) -> Array:
+  """`pretrain_loss_from_logits` given the per-position cross-entropies."""
   masked_BxL = masked_BxL.astype(bool)
   if valid_BxL is None:
-    num_tokens = jnp.float32(tokens_BxL.size)
+    num_tokens = jnp.float32(ce_BxL.size)
   else:
     masked_BxL = masked_BxL & valid_BxL.astype(bool)
     num_tokens = jnp.maximum(jnp.sum(valid_BxL.astype(jnp.float32)), 1.0)
-  ce_BxL = token_ce(logits_BxLxV, tokens_BxL)
   weighted_BxL = jnp.where(masked_BxL, ce_BxL / jnp.asarray(p_B, jnp.float32)[:, None], 0.0)
   return jnp.sum(weighted_BxL) / num_tokens
 
@@ -186,16 +191,16 @@ def pretrain_loss(
   p_B = masking.sample_mask_prob(p_key, batch, eps)
   noisy_BxL, masked_BxL = masking.mask_tokens(mask_key, tokens_BxL, p_B, mask_id,
                                               maskable_BxL=valid_BxL)
-  logits_BxLxV = forward_fn(params, noisy_BxL, attention_mask=model_mask)
+  ce_BxL = chunked.per_position(forward_fn, params, noisy_BxL, tokens_BxL, token_ce,
+                                attention_mask=model_mask)
   has_padding = attention_mask is not None or random_length_prob > 0.0
-  loss = pretrain_loss_from_logits(logits_BxLxV, tokens_BxL, masked_BxL, p_B,
-                                   valid_BxL=valid_BxL if has_padding else None)
+  loss = _pretrain_loss_from_ce(ce_BxL, masked_BxL, p_B, valid_BxL if has_padding else None)
   num_tokens = jnp.sum(valid_BxL.astype(jnp.float32))
   metrics = {
       "mask_prob_mean": jnp.mean(p_B),
       "masked_fraction": jnp.sum(masked_BxL.astype(jnp.float32)) / jnp.maximum(num_tokens, 1.0),
       "num_tokens": num_tokens,
-      "masked_ce": _masked_ce_mean(token_ce(logits_BxLxV, tokens_BxL), masked_BxL),
+      "masked_ce": _masked_ce_mean(ce_BxL, masked_BxL),
       "cropped": cropped,
   }
   return loss, metrics
@@ -226,10 +231,14 @@ def sft_loss_from_logits(
   _check_tokens_and_masks(tokens_BxL, masked_BxL=masked_BxL, answer_BxL=answer_BxL)
   _check_logits(logits_BxLxV, tokens_BxL)
   _check_p(p_B, tokens_BxL)
+  return _sft_loss_from_ce(token_ce(logits_BxLxV, tokens_BxL), masked_BxL, p_B, answer_BxL)
+
+
+def _sft_loss_from_ce(ce_BxL: Array, masked_BxL: Array, p_B: Array, answer_BxL: Array) -> Array:
+  """`sft_loss_from_logits` given the per-position cross-entropies."""
   answer_BxL = answer_BxL.astype(bool)
   masked_BxL = masked_BxL.astype(bool) & answer_BxL
   answer_len_B = jnp.maximum(jnp.sum(answer_BxL.astype(jnp.float32), axis=-1), 1.0)
-  ce_BxL = token_ce(logits_BxLxV, tokens_BxL)
   row_B = jnp.sum(jnp.where(masked_BxL, ce_BxL, 0.0), axis=-1)
   row_B = row_B / (jnp.asarray(p_B, jnp.float32) * answer_len_B)
   return jnp.mean(row_B)
@@ -276,14 +285,15 @@ def sft_loss(
   p_B = masking.sample_mask_prob(p_key, batch, eps)
   noisy_BxL, masked_BxL = masking.mask_tokens(mask_key, tokens_BxL, p_B, mask_id,
                                               maskable_BxL=answer_BxL)
-  logits_BxLxV = forward_fn(params, noisy_BxL, attention_mask=attention_mask)
-  loss = sft_loss_from_logits(logits_BxLxV, tokens_BxL, masked_BxL, p_B, answer_BxL)
+  ce_BxL = chunked.per_position(forward_fn, params, noisy_BxL, tokens_BxL, token_ce,
+                                attention_mask=attention_mask)
+  loss = _sft_loss_from_ce(ce_BxL, masked_BxL, p_B, answer_BxL)
   num_answer = jnp.sum(answer_BxL.astype(jnp.float32))
   metrics = {
       "mask_prob_mean": jnp.mean(p_B),
       "masked_fraction": jnp.sum(masked_BxL.astype(jnp.float32)) / jnp.maximum(num_answer, 1.0),
       "answer_len_mean": num_answer / batch,
-      "masked_ce": _masked_ce_mean(token_ce(logits_BxLxV, tokens_BxL), masked_BxL),
+      "masked_ce": _masked_ce_mean(ce_BxL, masked_BxL),
   }
   return loss, metrics
 

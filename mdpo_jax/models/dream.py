@@ -119,7 +119,7 @@ def shift_to_targets(rows_BxLxX, key_mask_BxL=None):
 
 def forward(config: DreamConfig, params: Params, tokens_BxL, *, attention_mask=None,
             positions=None, adapters=None, projector: llada.Projector | None = None,
-            **cache_kwargs):
+            return_head: bool = False, **cache_kwargs):
   """Logits [B, L, V] where row i is the prediction for token i (already shifted).
 
   The network (`llada.hidden_states` with q/k/v biases) is bidirectional; its raw output row
@@ -135,15 +135,22 @@ def forward(config: DreamConfig, params: Params, tokens_BxL, *, attention_mask=N
             projector=projector)
   if cache_kwargs.get("cache") is not None:
     start, width = cache_kwargs["window_start"], cache_kwargs["window_width"]
-    cache = cache_kwargs["cache"]
-    x_BxWxD, _ = llada.hidden_states(config, params, tokens_BxL, **kw, cache=cache,
-                                     window_start=start - 1, window_width=width + 1)
+    cache, return_cache = cache_kwargs["cache"], cache_kwargs.get("return_cache", False)
+    out = llada.hidden_states(config, params, tokens_BxL, **kw, cache=cache,
+                              window_start=start - 1, window_width=width + 1,
+                              return_cache=return_cache)
     key_mask = cache.key_mask_BxL
     if key_mask is not None:
       key_mask = jax.lax.dynamic_slice(key_mask, (0, start - 1), (key_mask.shape[0], width + 1))
-    return llada.lm_head(config, params, shift_to_targets(x_BxWxD, key_mask)[:, 1:])
+    logits = llada.lm_head(config, params, shift_to_targets(out[0], key_mask)[:, 1:])
+    return (logits, out[2]) if return_cache else logits
+  if return_head and any(v is not None and v is not False for v in cache_kwargs.values()):
+    raise ValueError("return_head=True needs a full forward (no cache keywords)")
   out = llada.hidden_states(config, params, tokens_BxL, **kw, **cache_kwargs)
-  logits = llada.lm_head(config, params, shift_to_targets(out[0], out[1]))
+  hidden_BxLxD = shift_to_targets(out[0], out[1])
+  if return_head:   # `llada.forward`'s contract: shifted hidden states and the LM head
+    return hidden_BxLxD, functools.partial(llada.lm_head, config, params)
+  logits = llada.lm_head(config, params, hidden_BxLxD)
   return (logits, out[2]) if cache_kwargs.get("return_cache") else logits
 
 

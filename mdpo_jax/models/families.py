@@ -1,6 +1,6 @@
 """Model families: the one place that maps a family name to its code.
 
-A family is a model module (`llada`, `dream`: config class, `PRESETS`, `forward_fn`,
+A family is a model module (`llada`, `dream`, `ar`: config class, `PRESETS`, `forward_fn`,
 `init_sharded_params`, `abstract_params`, `param_shardings`, `param_logical_axes`, `forward`)
 and its Hugging Face module (`hf`, `hf_dream`: `load_pretrained`, `save_pretrained`,
 `load_tokenizer`, `encode_chat`, `HF_MODEL_TYPE`). Both modules expose the same names, and every
@@ -18,9 +18,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from mdpo_jax.models import dream, hf, hf_dream, llada
+from mdpo_jax.models import ar, dream, hf, hf_dream, llada
 
-ModelConfig = llada.LLaDAConfig | dream.DreamConfig
+ModelConfig = llada.LLaDAConfig | dream.DreamConfig | ar.ARConfig
 CONFIG_FILE = hf.CONFIG_FILE      # every family's folder holds its config here
 
 
@@ -33,6 +33,9 @@ class Family:
   display: str            # how messages name it ("LLaDA", "Dream")
   # Tokenizer files a Hugging Face folder may hold, as alternatives (each a tuple of files).
   tokenizer_files: tuple[tuple[str, ...], ...]
+  # Whether the family has a Hugging Face checkpoint format (`model.hf_checkpoint`); the AR
+  # baseline does not (its `hf` module serves only the tokenizer).
+  hf_folders: bool = True
 
   @property
   def presets(self) -> tuple[str, ...]:
@@ -47,7 +50,10 @@ FAMILIES: dict[str, Family] = {
     "llada": Family("llada", llada, hf, llada.LLaDAConfig, "LLaDA", ((hf.TOKENIZER_FILE,),)),
     "dream": Family("dream", dream, hf_dream, dream.DreamConfig, "Dream",
                     ((hf.TOKENIZER_FILE,), (hf_dream.VOCAB_FILE, hf_dream.MERGES_FILE))),
+    "ar": Family("ar", ar, hf, ar.ARConfig, "AR baseline", ((hf.TOKENIZER_FILE,),),
+                 hf_folders=False),
 }
+HF_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.hf_folders)
 NAMES = tuple(FAMILIES)
 DEFAULT = "llada"
 
@@ -89,10 +95,11 @@ def detect(folder: str | Path) -> Family:
   config_file = Path(folder) / CONFIG_FILE
   hf_config = hf._read_json(config_file, "checkpoint config")
   model_type = hf_config.get("model_type", hf.HF_MODEL_TYPE)
-  for family in FAMILIES.values():
+  for family in map(FAMILIES.get, HF_FAMILIES):
     if model_type == family.hf_model_type:
       return family
-  allowed = ", ".join(f"{f.hf_model_type!r} ({f.display})" for f in FAMILIES.values())
+  allowed = ", ".join(f"{FAMILIES[n].hf_model_type!r} ({FAMILIES[n].display})"
+                      for n in HF_FAMILIES)
   raise ValueError(f"{config_file}: model_type={model_type!r}: allowed {allowed}")
 
 
@@ -102,7 +109,7 @@ def _tokenizer_text(family: Family) -> str:
 
 def folder_text(family: Family | None = None) -> str:
   """What a Hugging Face folder of `family` (None: of any family) holds, for messages."""
-  families = FAMILIES.values() if family is None else (family,)
+  families = map(FAMILIES.get, HF_FAMILIES) if family is None else (family,)
   return "a Hugging Face " + " or ".join(
       f"{f.display} folder ({CONFIG_FILE}, weights, {_tokenizer_text(f)})" for f in families)
 

@@ -75,6 +75,9 @@ class LLaDAConfig:
   init_std: float = 0.02
   # Biases on the q/k/v projections (Qwen2-style families such as Dream; LLaDA has none).
   qkv_bias: bool = False
+  # Causal attention (a position sees itself and earlier positions only): the autoregressive
+  # baseline family (`models/ar.py`). LLaDA and Dream are bidirectional.
+  causal: bool = False
 
   def __post_init__(self):
     name_ = type(self).__name__   # errors name the family's config class
@@ -277,21 +280,36 @@ def apply_rope(x_BxLxHxE, cos_BxLxE, sin_BxLxE):
   return (x * cos + rotated * sin).astype(x_BxLxHxE.dtype)
 
 
-def attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, key_mask_BxL, impl: str):
-  """Bidirectional multi-head attention (GQA when K < H); softmax in float32."""
+def attention_mask(key_mask_BxL, num_queries: int, num_keys: int, query_start=None):
+  """Bool [B or 1, 1, Q, K] of allowed (query, key) pairs, or None when everything is allowed.
+
+  `key_mask_BxL`: real keys (None: all). `query_start` (may be traced): the queries are the
+  positions query_start .. query_start + Q − 1 and attend causally (to keys at or before their
+  own position); None: bidirectional."""
+  mask = None if key_mask_BxL is None else key_mask_BxL[:, None, None, :]
+  if query_start is not None:
+    query_Q = query_start + jnp.arange(num_queries)
+    causal_QxK = jnp.arange(num_keys)[None, :] <= query_Q[:, None]
+    mask = causal_QxK[None, None] if mask is None else mask & causal_QxK[None, None]
+  return mask
+
+
+def attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, key_mask_BxL, impl: str, query_start=None):
+  """Multi-head attention (GQA when K < H); softmax in float32. Bidirectional, or causal when
+  `query_start` (the first query's position among the keys) is given."""
   h, k = q_BxLxHxE.shape[2], k_BxLxKxE.shape[2]
   if k != h:
     k_BxLxKxE = jnp.repeat(k_BxLxKxE, h // k, axis=2)
     v_BxLxKxE = jnp.repeat(v_BxLxKxE, h // k, axis=2)
   scale = q_BxLxHxE.shape[-1] ** -0.5
+  mask = attention_mask(key_mask_BxL, q_BxLxHxE.shape[1], k_BxLxKxE.shape[1], query_start)
   if impl == "dot_product_attention":
-    mask = None if key_mask_BxL is None else key_mask_BxL[:, None, None, :]
     return jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, mask=mask, scale=scale)
   scores_BxHxLxL = jnp.einsum("bqhe,bkhe->bhqk", q_BxLxHxE, k_BxLxKxE,
                               preferred_element_type=jnp.float32) * scale
-  if key_mask_BxL is not None:
+  if mask is not None:
     big_neg = jnp.finfo(jnp.float32).min
-    scores_BxHxLxL = jnp.where(key_mask_BxL[:, None, None, :], scores_BxHxLxL, big_neg)
+    scores_BxHxLxL = jnp.where(mask, scores_BxHxLxL, big_neg)
   probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1).astype(v_BxLxKxE.dtype)
   return jnp.einsum("bhqk,bkhe->bqhe", probs_BxHxLxL, v_BxLxKxE)
 
@@ -322,7 +340,8 @@ def block(config: LLaDAConfig, layer: Params, x_BxWxD, cos_BxWxE, sin_BxWxE, key
           adapters=None, projector: Projector | None = None, past_kv=None, window_start=None):
   """One pre-norm residual block: x += Attn(attn_norm(x)); x += MLP(ff_norm(x)).
 
-  Returns (new x, (k, v)): this block's keys (after RoPE) and values of the positions in x.
+  Returns (new x, (k, v)): this block's keys (after RoPE) and values of the positions in x
+  (with `past_kv`: of the whole sequence, the window's written over the cached ones).
   `projector` (default `plain_projector`) builds the function that applies the seven weight
   projections from this layer's (compute-dtype) weights and its slice of `adapters`.
   `past_kv` = (k_BxLxKxE, v_BxLxKxE) of the whole sequence (a KV cache): x then holds only the
@@ -344,12 +363,15 @@ def block(config: LLaDAConfig, layer: Params, x_BxWxD, cos_BxWxE, sin_BxWxE, key
     at = (0, window_start, 0, 0)
     keys = jax.lax.dynamic_update_slice(past_kv[0], k.astype(past_kv[0].dtype), at)
     values = jax.lax.dynamic_update_slice(past_kv[1], v.astype(past_kv[1].dtype), at)
-  o_BxWxHxE = attention(q, keys, values, key_mask_BxL, config.attention_impl)
+  query_start = None
+  if config.causal:
+    query_start = 0 if window_start is None else window_start
+  o_BxWxHxE = attention(q, keys, values, key_mask_BxL, config.attention_impl, query_start)
   x_BxWxD = x_BxWxD + project("attn_out", o_BxWxHxE)
   h = rms_norm(x_BxWxD, w["ff_norm"], config.rms_norm_eps)
   gate_BxWxF = project("ff_proj", h)
   up_BxWxF = project("up_proj", h)
-  return x_BxWxD + project("ff_out", jax.nn.silu(gate_BxWxF) * up_BxWxF), (k, v)
+  return x_BxWxD + project("ff_out", jax.nn.silu(gate_BxWxF) * up_BxWxF), (keys, values)
 
 
 def positions_from_mask(attention_mask_BxL):
@@ -382,12 +404,12 @@ def hidden_states(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_
     positions [s, s + W) only, shape [B, W, D]. Their queries attend to every position: the
     window's keys/values are computed afresh from `tokens_BxL` (the whole current sequence),
     all others come from the cache. With a cache made from the same tokens the result equals
-    the full forward's rows s..s+W−1 (up to float rounding).
+    the full forward's rows s..s+W−1 (up to float rounding). With `return_cache=True` too,
+    also the cache with the window's fresh keys/values written in (incremental decoding).
   """
   if cache is not None:
-    if window_start is None or window_width is None or return_cache:
-      raise ValueError("a cached forward needs window_start and window_width (and returns no "
-                       "cache)")
+    if window_start is None or window_width is None:
+      raise ValueError("a cached forward needs window_start and window_width")
     key_mask_BxL, positions = cache.key_mask_BxL, cache.positions_BxL
   else:
     key_mask_BxL = None
@@ -399,6 +421,7 @@ def hidden_states(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_
       else:
         positions = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32),
                                      tokens_BxL.shape)
+  full_positions_BxL = positions
   if cache is not None:
     batch = tokens_BxL.shape[0]
     tokens_BxL = jax.lax.dynamic_slice(tokens_BxL, (0, window_start), (batch, window_width))
@@ -434,7 +457,7 @@ def hidden_states(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_
     kv = jax.tree.map(lambda *a: jnp.stack(a), *kvs) if return_cache else None
   x_BxWxD = rms_norm(x_BxWxD, params["ln_f"], config.rms_norm_eps)
   if return_cache:
-    return x_BxWxD, key_mask_BxL, KVCache(kv[0], kv[1], key_mask_BxL, positions)
+    return x_BxWxD, key_mask_BxL, KVCache(kv[0], kv[1], key_mask_BxL, full_positions_BxL)
   return x_BxWxD, key_mask_BxL
 
 
@@ -448,8 +471,9 @@ def lm_head(config: LLaDAConfig, params: Params, x_BxLxD):
 
 def forward(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=None,
             positions=None, adapters=None, projector: Projector | None = None,
-            **cache_kwargs):
-  """Logits [B, L, V] for every position (no causal mask: the model is bidirectional).
+            return_head: bool = False, **cache_kwargs):
+  """Logits [B, L, V] for every position (bidirectional; causal with `config.causal`, whose
+  row i then predicts token i + 1 — `models/ar.py` shifts it).
 
   With `config.honor_padding` (default) keys where `attention_mask == 0` are never attended to and
   positions restart at each row's first real token, so a left-padded row gives the logits of the
@@ -461,9 +485,17 @@ def forward(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_mask=N
 
   `cache_kwargs` is the cache contract of `hidden_states` (`return_cache=True` → (logits,
   KVCache); `cache=, window_start=s, window_width=W` → logits [B, W, V] of positions s..s+W−1).
+
+  `return_head=True` (full forward only) returns (hidden_BxLxD, head) instead of the logits:
+  `head(x_BxCxD)` gives the logits of any rows of the hidden states, so a loss can apply the LM
+  head a few positions at a time and never hold [B, L, V] logits (`diffusion/chunked.py`).
   """
+  if return_head and any(v is not None and v is not False for v in cache_kwargs.values()):
+    raise ValueError("return_head=True needs a full forward (no cache keywords)")
   out = hidden_states(config, params, tokens_BxL, attention_mask=attention_mask,
                       positions=positions, adapters=adapters, projector=projector, **cache_kwargs)
+  if return_head:
+    return out[0], functools.partial(lm_head, config, params)
   logits = lm_head(config, params, out[0])
   return (logits, out[2]) if cache_kwargs.get("return_cache") else logits
 

@@ -265,7 +265,7 @@ def projector(config: families.ModelConfig, lora: LoraConfig) -> llada.Projector
 
 
 def forward(config: families.ModelConfig, lora: LoraConfig, base_params, adapters, tokens_BxL,
-            *, attention_mask=None, positions=None, **cache_kwargs):
+            *, attention_mask=None, positions=None, return_head: bool = False, **cache_kwargs):
   """Logits of the base model with adapters: each targeted projection is
   x·W + (alpha/rank)·(x·A)·B (computed by qwix), everything else as in the family's plain
   `forward` (`llada.forward`, `dream.forward`: both take the same projector hook and the same
@@ -273,7 +273,8 @@ def forward(config: families.ModelConfig, lora: LoraConfig, base_params, adapter
   model = families.of_config(config).model
   return model.forward(config, base_params, tokens_BxL, attention_mask=attention_mask,
                        positions=positions, adapters=adapters["blocks"],
-                       projector=projector(config, lora), **cache_kwargs)
+                       projector=projector(config, lora), return_head=return_head,
+                       **cache_kwargs)
 
 
 def forward_fn(config: families.ModelConfig, lora: LoraConfig, base_params) -> Any:
@@ -283,8 +284,10 @@ def forward_fn(config: families.ModelConfig, lora: LoraConfig, base_params) -> A
   return functools.partial(_forward_adapters_first, config, lora, base_params)
 
 
-def _forward_adapters_first(config, lora, base_params, adapters, tokens_BxL, **kwargs):
-  return forward(config, lora, base_params, adapters, tokens_BxL, **kwargs)
+def _forward_adapters_first(config, lora, base_params, adapters, tokens_BxL, *,
+                            return_head: bool = False, **kwargs):
+  return forward(config, lora, base_params, adapters, tokens_BxL, return_head=return_head,
+                 **kwargs)
 
 
 def policy_forward_fn(config: families.ModelConfig, lora: LoraConfig) -> Any:
@@ -295,8 +298,9 @@ def policy_forward_fn(config: families.ModelConfig, lora: LoraConfig) -> Any:
   return functools.partial(_forward_policy, config, lora)
 
 
-def _forward_policy(config, lora, params, tokens_BxL, **kwargs):
-  return forward(config, lora, params["base"], params["adapters"], tokens_BxL, **kwargs)
+def _forward_policy(config, lora, params, tokens_BxL, *, return_head: bool = False, **kwargs):
+  return forward(config, lora, params["base"], params["adapters"], tokens_BxL,
+                 return_head=return_head, **kwargs)
 
 
 def delta(lora: LoraConfig, adapters) -> dict:

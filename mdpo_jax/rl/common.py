@@ -6,11 +6,14 @@ jit-able; Python-scalar arguments are static.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+
+from mdpo_jax.diffusion import chunked
 
 Array = jax.Array
 ForwardFn = Callable[..., Array]
@@ -89,7 +92,9 @@ def token_logprobs(forward_fn: ForwardFn, params, tokens_BxL: Array, targets_BxL
 
   One forward pass; `logp = log_softmax(logits / temperature)[target]` in float32 at every position
   (callers select the positions they train on). The same function gives the policy's, the old
-  policy's and the frozen reference's log-probs (different `params`).
+  policy's and the frozen reference's log-probs (different `params`). A forward that takes
+  `return_head` (the model families') gets its LM head applied a chunk of positions at a time, so
+  no [B, L, V] float32 logits exist (`diffusion/chunked.py`); any other forward is called plainly.
 
   Args:
     forward_fn: `forward_fn(params, tokens, attention_mask=...) -> logits_BxLxV`.
@@ -109,8 +114,9 @@ def token_logprobs(forward_fn: ForwardFn, params, tokens_BxL: Array, targets_BxL
   if attention_mask is not None and jnp.shape(attention_mask) != jnp.shape(tokens_BxL):
     raise ValueError(f"attention_mask must have shape {jnp.shape(tokens_BxL)}, "
                      f"got {jnp.shape(attention_mask)}")
-  logits_BxLxV = forward_fn(params, tokens_BxL, attention_mask=attention_mask)
-  return token_logprobs_from_logits(logits_BxLxV, targets_BxL, temperature=temperature)
+  score = functools.partial(token_logprobs_from_logits, temperature=temperature)
+  return chunked.per_position(forward_fn, params, tokens_BxL, targets_BxL, score,
+                              attention_mask=attention_mask)
 
 
 # ----------------------------------------------------------------------------- surrogate

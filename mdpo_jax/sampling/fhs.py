@@ -42,8 +42,9 @@ import jax.numpy as jnp
 from mdpo_jax.sampling import categorical, remask, sampler
 
 # Sampler names for CLIs and configs: "llada" = `sampler.generate` (the scan with a commit
-# schedule and remasking rule), "fhs" = this module's `generate`.
-SAMPLERS = ("llada", "fhs")
+# schedule and remasking rule), "fhs" = this module's `generate`, "ar" = `sampling.ar.generate`
+# (left-to-right decoding of the autoregressive baseline, `model.family="ar"`).
+SAMPLERS = ("llada", "fhs", "ar")
 
 
 class FHSTrajectory(NamedTuple):

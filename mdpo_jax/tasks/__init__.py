@@ -8,7 +8,8 @@ classes; `build(config.task, config.seed)` makes a run's task. Importing this pa
 import math-verify; the MATH grader starts its worker subprocess on first use.
 """
 
-from mdpo_jax.tasks import base, countdown, gsm8k, math, sudoku, text
+from mdpo_jax.tasks import (base, countdown, gsm8k, math, records, reversal, stargraph, sudoku,
+                            text)
 from mdpo_jax.tasks.base import Task
 
 TASKS: dict[str, type] = {
@@ -16,6 +17,8 @@ TASKS: dict[str, type] = {
     "math": math.MathTask,
     "gsm8k": gsm8k.GSM8KTask,
     "sudoku": sudoku.SudokuTask,
+    "stargraph": stargraph.StarGraphTask,
+    "reversal": reversal.ReversalTask,
 }
 
 
@@ -28,4 +31,5 @@ def build(task_cfg, seed: int) -> Task:
   return TASKS[name](task_cfg, seed)
 
 
-__all__ = ["TASKS", "Task", "base", "build", "countdown", "gsm8k", "math", "sudoku", "text"]
+__all__ = ["TASKS", "Task", "base", "build", "countdown", "gsm8k", "math", "reversal", "stargraph",
+           "sudoku", "text"]

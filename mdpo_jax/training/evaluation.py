@@ -27,6 +27,7 @@ from mdpo_jax.data import pipeline
 from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import families
 from mdpo_jax.plots import step_correctness
+from mdpo_jax.sampling import ar as ar_sampling
 from mdpo_jax.sampling import fhs, guards
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
 from mdpo_jax.training import setup
@@ -52,6 +53,7 @@ class Setting:
   sampler: str = "llada"
   cache: str = "none"        # the scan sampler's KV cache: none | prefix | dual
   threshold: float = 0.0     # confidence-threshold decoding (0 = off)
+  cfg_scale: float = 0.0     # unsupervised classifier-free guidance weight w (0 = off)
 
   def __post_init__(self):
     if self.sampler not in fhs.SAMPLERS:
@@ -59,31 +61,42 @@ class Setting:
 
   @property
   def name(self) -> str:
-    if self.sampler == "fhs":
-      return f"fhs/T={self.temperature:g}"
+    guided = f"/cfg={self.cfg_scale:g}" if self.cfg_scale else ""
+    if self.sampler in ("fhs", "ar"):
+      cached = "/cache=prefix" if self.cache == "prefix" and self.sampler == "ar" else ""
+      return f"{self.sampler}/T={self.temperature:g}{cached}{guided}"
     fast = "" if self.cache == "none" else f"/cache={self.cache}"
     fast += f"/tau={self.threshold:g}" if self.threshold else ""
-    return f"{self.remasking}/steps={self.steps}/T={self.temperature:g}{fast}"
+    return f"{self.remasking}/steps={self.steps}/T={self.temperature:g}{fast}{guided}"
 
   def sampler_config(self, model_cfg, *, gen_length: int, block_length: int) -> SamplerConfig:
-    """The sampler this setting runs for `model_cfg` (FHS: one call per token)."""
+    """The sampler this setting runs for `model_cfg` (FHS, AR: one call per token)."""
+    if self.sampler == "ar":
+      return SamplerConfig.for_model(model_cfg, gen_length=gen_length, block_length=gen_length,
+                                     steps=gen_length, temperature=self.temperature,
+                                     cache=self.cache)
     if self.sampler == "fhs":
       return SamplerConfig.for_model(model_cfg, gen_length=gen_length, block_length=block_length,
                                      steps=gen_length, remasking=self.remasking,
-                                     temperature=self.temperature)
+                                     temperature=self.temperature, cfg_scale=self.cfg_scale)
     return SamplerConfig.for_model(model_cfg, gen_length=gen_length, block_length=block_length,
                                    steps=self.steps, remasking=self.remasking,
                                    temperature=self.temperature, cache=self.cache,
-                                   threshold=self.threshold or None)
+                                   threshold=self.threshold or None, cfg_scale=self.cfg_scale)
 
 
 def settings_from_config(ev) -> list[Setting]:
   """One setting per (eval.steps × eval.remasking) entry, at eval.temperature; with
-  eval.sampler = "fhs" the one first-hitting setting instead."""
+  eval.sampler = "fhs" the one first-hitting setting instead; all at eval.cfg_scale."""
+  w = float(ev.cfg_scale)
   if ev.sampler == "fhs":
-    return [Setting(int(ev.gen_length), "random", float(ev.temperature), "fhs")]
+    return [Setting(int(ev.gen_length), "random", float(ev.temperature), "fhs", cfg_scale=w)]
+  if ev.sampler == "ar":
+    return [Setting(int(ev.gen_length), "low_confidence", float(ev.temperature), "ar",
+                    cache=ev.cache)]
   return [Setting(int(s), r, float(ev.temperature), cache=ev.cache,
-                  threshold=float(ev.threshold)) for s in ev.steps for r in ev.remasking]
+                  threshold=float(ev.threshold), cfg_scale=w)
+          for s in ev.steps for r in ev.remasking]
 
 
 def evaluate_task(config, model_cfg: families.ModelConfig, params, tokenizer, task,
@@ -154,6 +167,16 @@ def load_checkpoint(raw_config, *, checkpoint: str | None = None,
   return LoadedModel(config, model_cfg, params, tokenizer, tasks.build(config.task, config.seed))
 
 
+def sample_fn(sampler_name: str, *, nfe: bool = False):
+  """The generate function of a sampler name (`fhs.SAMPLERS`); with `nfe`, the scan sampler also
+  returns its model calls (the one-call-per-token samplers make gen_length)."""
+  if sampler_name == "fhs":
+    return fhs.generate
+  if sampler_name == "ar":
+    return ar_sampling.generate
+  return functools.partial(generate, return_nfe=True) if nfe else generate
+
+
 def first_batch_trajectory(model: LoadedModel, problems: Sequence, setting: Setting):
   """(final tokens [B, P + gen_length], trajectory, P) of the first evaluation batch of
   `problems` under `setting`: the same prompts, key and batch as `evaluate` scores, so a picture
@@ -164,11 +187,20 @@ def first_batch_trajectory(model: LoadedModel, problems: Sequence, setting: Sett
                                         model.tokenizer, prompt_len=model.config.data.prompt_len,
                                         pad_id=cfg.pad_token_id)
   sc = setting.sampler_config(cfg, gen_length=ev.gen_length, block_length=ev.block_length)
-  sample = fhs.generate if setting.sampler == "fhs" else generate
-  tokens, traj = sample(families.forward_fn(cfg), model.params, prompts, sc,
+  tokens, traj = sample_fn(setting.sampler)(families.forward_fn(cfg), model.params, prompts, sc,
                         jax.random.key(model.config.seed), prompt_mask=mask,
                         return_trajectory=True)
   return np.asarray(tokens), traj, prompts.shape[1]
+
+
+def check_sampler(setting: Setting, model_cfg) -> None:
+  """The AR decoder runs causal models only, and only it does (a diffusion sampler on a causal
+  model, or left-to-right decoding of a bidirectional one, is a one-line error)."""
+  causal = bool(getattr(model_cfg, "causal", False))
+  if causal != (setting.sampler == "ar"):
+    kind = "causal (the AR baseline)" if causal else "bidirectional"
+    allowed = "'ar'" if causal else "'llada' or 'fhs'"
+    raise ValueError(f"sampler={setting.sampler!r}: the model is {kind}; allowed: {allowed}")
 
 
 def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np.ndarray,
@@ -194,11 +226,13 @@ def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np
   fwd = families.forward_fn(model_cfg)
   stops = (model_cfg.eos_token_id, model_cfg.eot_token_id)
   p = prompts_NxP.shape[1]
-  rows = []
+  rows, keep_stats = [], trajectory_stats
   for setting in settings:
-    first_hitting = setting.sampler == "fhs"
+    check_sampler(setting, model_cfg)
+    first_hitting = setting.sampler in ("fhs", "ar")   # one call per generated token
+    trajectory_stats = keep_stats and setting.sampler != "ar"   # AR's x̂0_t: its prefix only
     sc = setting.sampler_config(model_cfg, gen_length=gen_length, block_length=block_length)
-    sample = fhs.generate if first_hitting else functools.partial(generate, return_nfe=True)
+    sample = sample_fn(setting.sampler, nfe=True)
     final, any_mid, wrong_but_mid, mid_right, calls = [], [], [], [], []
     batches = range(0, n, batch_size)
     for start in tqdm(batches, desc=f"eval {setting.name}", disable=not progress, leave=False):
@@ -228,11 +262,12 @@ def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np
     k = int((rewards >= 1).sum())   # solved outright (binary tasks: reward 1)
     lo, hi = wilson_interval(k, n)
     row = {"setting": setting.name, "steps": sc.steps, "sampler": setting.sampler,
-           "remasking": "fhs" if first_hitting else setting.remasking,
+           "remasking": setting.sampler if first_hitting else setting.remasking,
            "temperature": setting.temperature, "tokens_per_step": gen_length / sc.steps,
            "n": n, "accuracy": k / n, "ci_low": lo, "ci_high": hi,
            "mean_reward": float(rewards.mean()), "cache": setting.cache,
-           "threshold": setting.threshold, "nfe": float(np.mean(calls))}
+           "threshold": setting.threshold, "nfe": float(np.mean(calls)),
+           "cfg_scale": setting.cfg_scale}
     if trajectory_stats:
       row["intermediate_correct"] = float(np.concatenate(any_mid).mean())
       row["over_denoised"] = float(np.concatenate(wrong_but_mid).mean())
@@ -245,8 +280,9 @@ def evaluate(model_cfg: families.ModelConfig, params, tokenizer, prompts_NxP: np
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-  """Accuracy table; intermediate columns when present."""
+  """Accuracy table; intermediate columns when present, the CFG weight when any row is guided."""
   mid = "over_denoised" in rows[0] if rows else False
+  guided = any(r.get("cfg_scale") for r in rows)
   fast = any(r.get("cache", "none") != "none" or r.get("threshold") for r in rows)
   head = "| remasking | steps | tokens/step | T | accuracy | 95% CI | mean reward |"
   sep = "|---|---|---|---|---|---|---|"
@@ -256,6 +292,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
   if mid:
     head += " some x̂0_t right | x̂0_t right, final wrong |"
     sep += "---|---|"
+  if guided:
+    head, sep = head + " CFG w |", sep + "---|"
   lines = [head, sep]
   for r in rows:
     fast_cols = (f" {r.get('cache', 'none')} | {r.get('threshold') or '-'} | "
@@ -265,5 +303,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
             f"{r['mean_reward']:.3f} |")
     if mid:
       line += f" {r['intermediate_correct']:.3f} | {r['over_denoised']:.3f} |"
+    if guided:
+      line += f" {r.get('cfg_scale', 0.0):g} |"
     lines.append(line)
   return "\n".join(lines)

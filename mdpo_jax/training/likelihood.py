@@ -6,7 +6,9 @@ counts: each draw uniform, the draws of a batch spread over 1..n, so lower varia
 independent draws at the same cost). The ELBO upper-bounds the completion's negative
 log-likelihood, so exp(Σ nll / Σ tokens) upper-bounds its per-token perplexity. `cfg_scale` > 0
 scores under unsupervised classifier-free guidance (the prompt masked for the unconditional
-half), as SMDM evaluates conditional likelihood. `python -m mdpo_jax.evaluate --likelihood`.
+half), as SMDM evaluates conditional likelihood. For the autoregressive baseline
+(`model.family="ar"`) the same rows get the exact negative log-likelihood, so MDM bounds and AR
+values compare directly. `python -m mdpo_jax.evaluate --likelihood`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from mdpo_jax.data import pipeline
 from mdpo_jax.diffusion import losses
-from mdpo_jax.models import families
+from mdpo_jax.models import ar, families
 from mdpo_jax.sampling import sampler
 
 
@@ -51,20 +53,33 @@ def _nll(params, tokens_BxL, prompt_mask_BxL, key, *, forward_fn, mask_id: int, 
                                  key, mask_id=mask_id, num_draws=num_draws, cfg_scale=cfg_scale)
 
 
+@functools.partial(jax.jit, static_argnames=("forward_fn",))
+def _exact_nll(params, tokens_BxL, prompt_mask_BxL, *, forward_fn):
+  return ar.completion_nll(forward_fn, params, tokens_BxL, prompt_mask_BxL)
+
+
 def completion_nll(model_cfg, params, tokens_NxL, prompt_mask_NxL, *, num_draws: int,
                    cfg_scale: float = 0.0, batch_size: int = 64, seed: int = 0) -> np.ndarray:
-  """Per-row ELBO bound on −log p(completion | prompt), nats [N]. Batches of `batch_size` rows
-  (the last one padded by repeating its last row, so one compilation serves all); batch j uses
+  """Per-row ELBO bound on −log p(completion | prompt), nats [N] — for the causal baseline the
+  exact value (chain rule; `num_draws` unused). Batches of `batch_size` rows (the last one
+  padded by repeating its last row, so one compilation serves all); batch j uses
   `fold_in(key(seed), j)`."""
   n = tokens_NxL.shape[0]
   batch_size = min(batch_size, n)
   fwd = sampler.static_callable(families.forward_fn(model_cfg))   # compares by value
+  if model_cfg.causal and cfg_scale:
+    raise ValueError(f"--cfg_scales={cfg_scale:g}: unsupervised guidance masks the prompt, which "
+                     "the autoregressive baseline never saw; allowed: 0")
   out = []
   for j, start in enumerate(range(0, n, batch_size)):
     rows_B = np.minimum(np.arange(start, start + batch_size), n - 1)
-    nll_B = _nll(params, tokens_NxL[rows_B], prompt_mask_NxL[rows_B],
-                 jax.random.fold_in(jax.random.key(seed), j), forward_fn=fwd,
-                 mask_id=model_cfg.mask_token_id, num_draws=num_draws, cfg_scale=float(cfg_scale))
+    if model_cfg.causal:
+      nll_B = _exact_nll(params, tokens_NxL[rows_B], prompt_mask_NxL[rows_B], forward_fn=fwd)
+    else:
+      nll_B = _nll(params, tokens_NxL[rows_B], prompt_mask_NxL[rows_B],
+                   jax.random.fold_in(jax.random.key(seed), j), forward_fn=fwd,
+                   mask_id=model_cfg.mask_token_id, num_draws=num_draws,
+                   cfg_scale=float(cfg_scale))
     out.append(np.asarray(nll_B)[: min(batch_size, n - start)])
   return np.concatenate(out)
 

@@ -16,15 +16,16 @@ import numpy as np
 from tqdm import tqdm
 
 from mdpo_jax import parallel, tasks
-from mdpo_jax.data import pipeline
+from mdpo_jax.data import generated, pipeline
 from mdpo_jax.diffusion import losses
+from mdpo_jax.models import ar
 from mdpo_jax.training import run as run_lib
 from mdpo_jax.training import state as state_lib
 from mdpo_jax.training import steps
 from mdpo_jax.training.policy import Policy
 
 TRAINERS = ("pretrain", "sft")
-_LOGGED_AUX = ("masked_fraction", "masked_ce")
+_LOGGED_AUX = ("masked_fraction", "masked_ce", "next_token_ce")
 
 
 def make_train_step(trainer: str, policy: Policy, optimizer, schedule, *, accum: int,
@@ -32,10 +33,12 @@ def make_train_step(trainer: str, policy: Policy, optimizer, schedule, *, accum:
   """state, batch, base → state, metrics: `accum` micro-batches (one scan), one optimiser update.
 
   `state.params` are what trains (full params, or LoRA adapters); `base` is the policy's frozen
-  base (None for a full fine-tune), an argument of the step, never differentiated.
+  base (None for a full fine-tune), an argument of the step, never differentiated. A causal
+  model (the AR baseline) trains with `models.ar`'s next-token twins of the diffusion losses.
   """
   mask_id = policy.model_cfg.mask_token_id
-  loss = losses.sft_loss if trainer == "sft" else losses.pretrain_loss
+  objective = ar if policy.model_cfg.causal else losses   # the AR baseline: next-token losses
+  loss = objective.sft_loss if trainer == "sft" else objective.pretrain_loss
 
   def loss_fn(params, batch, rng, base):
     extra = (batch["prompt_mask"],) if trainer == "sft" else ()
@@ -85,8 +88,11 @@ def build_dataset(run: run_lib.Run, train_problems):
 
 
 def pretrain_source(spec: str):
-  """`data.pretrain_files`: one JSONL file, comma-separated ArrayRecord files, or
-  `tfds:NAME:SPLIT` (a TFDS data_source prepared in TFDS_DATA_DIR)."""
+  """`data.pretrain_files`: one JSONL file, comma-separated ArrayRecord files,
+  `tfds:NAME:SPLIT` (a TFDS data_source prepared in TFDS_DATA_DIR) or
+  `generated:NAME[:DOCS[:SEED]]` (a procedural corpus made on demand: `data/generated.py`)."""
+  if generated.is_generated(spec):
+    return generated.parse_spec(spec)
   files = [f for f in spec.split(",") if f]
   if not files:
     raise ValueError("data.pretrain_files is empty: trainer=pretrain needs a JSONL file, "

@@ -36,9 +36,11 @@ def create(params, optimizer: optax.GradientTransformation, seed: int) -> TrainS
                     rng=jax.random.key_data(jax.random.key(seed)))
 
 
-def create_sharded(params, optimizer: optax.GradientTransformation, seed: int,
-                   mesh: jax.sharding.Mesh) -> TrainState:
-  """A fresh state whose optimiser moments are sharded exactly as the params they track.
+def shardings(params, optimizer: optax.GradientTransformation, seed: int,
+              mesh: jax.sharding.Mesh) -> TrainState:
+  """The NamedSharding of every leaf of a fresh state over `params` (arrays, or
+  `jax.ShapeDtypeStruct`s carrying shardings): the optimiser moments sharded exactly as the params
+  they track.
 
   Left to propagation, `optimizer.init` under jit returns *replicated* moments (the zeros carry
   no sharding), so an FSDP run would hold every float32 Adam moment whole on every device;
@@ -53,6 +55,21 @@ def create_sharded(params, optimizer: optax.GradientTransformation, seed: int,
   opt_shardings = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract.opt_state,
                                         param_shardings,
                                         transform_non_params=lambda _: replicated)
-  shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
-                         rng=replicated)
-  return jax.jit(lambda p: create(p, optimizer, seed), out_shardings=shardings)(params)
+  return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                    rng=replicated)
+
+
+def create_sharded(params, optimizer: optax.GradientTransformation, seed: int,
+                   mesh: jax.sharding.Mesh) -> TrainState:
+  """A fresh state placed on `mesh` with `shardings(...)`: moments sharded as their params."""
+  out = shardings(params, optimizer, seed, mesh)
+  return jax.jit(lambda p: create(p, optimizer, seed), out_shardings=out)(params)
+
+
+def abstract_sharded(params, optimizer: optax.GradientTransformation, seed: int,
+                     mesh: jax.sharding.Mesh) -> TrainState:
+  """What `create_sharded` would return, as `jax.ShapeDtypeStruct`s carrying their shardings;
+  allocates nothing (`params` may be abstract too). The memory planner lowers steps against it."""
+  shapes = jax.eval_shape(lambda p: create(p, optimizer, seed), params)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes, shardings(params, optimizer, seed, mesh))
