@@ -254,8 +254,9 @@ def test_the_cli_and_evaluation_select_fhs(monkeypatch, tmp_path):
   assert [(r["sampler"], r["remasking"], r["steps"], r["tokens_per_step"]) for r in rows] == [
       ("llada", "rcr", 4, 2.0), ("fhs", "fhs", 8, 1.0)]
   assert rows[1]["setting"] == "fhs/T=1" and rows[1]["accuracy"] == 1.0
-  ev = dict(sampler="fhs", gen_length=8, temperature=0.5, steps=(4,), remasking=("rcr",))
+  ev = dict(sampler="fhs", gen_length=8, temperature=0.5, steps=(4,), remasking=("rcr",),
+            cfg_scale=0.0)
   assert evaluation.settings_from_config(type("Ev", (), ev)) == [
       evaluation.Setting(8, "random", 0.5, "fhs")]
-  with pytest.raises(ValueError, match="Setting.sampler='ar'"):
-    evaluation.Setting(8, "random", sampler="ar")
+  with pytest.raises(ValueError, match="Setting.sampler='mask'"):
+    evaluation.Setting(8, "random", sampler="mask")
