@@ -15,11 +15,13 @@ the same network with the prompt masked, `logits = un + (w + 1)·(cond − un)`
                w of --scales, on the validation split (w is chosen there: the best accuracy, ties
                to the smaller w) and on the held-out split (reported for every w, Wilson 95%
                intervals, and the paired difference from w = 0 on the same problems);
-  5. sharpen   a diagnostic, validation split only: the same sampler on the model's logits times
-               (w + 1), i.e. guidance against an unconditional model that knows nothing (uniform
-               logits). It separates what the masked-prompt model contributes from what merely
-               sharpening the logits does (low-confidence remasking ranks positions by p(x0), so
-               sharpening changes which tokens are committed first even under argmax).
+  5. diagnose  validation split only: what the answers get wrong at each w (well-formed? the
+               prompt's numbers? the target's value?), and the same sampler on the unguided
+               model's logits times (w + 1), i.e. guidance against an unconditional model that
+               knows nothing (uniform logits). That separates what the masked-prompt model
+               contributes from what merely sharpening the logits does (low-confidence remasking
+               ranks positions by p(x0), so sharpening changes the order tokens are committed in
+               even under argmax).
 
 Each phase's result is cached in WORKDIR/<phase>.json (training resumes from its checkpoint), so
 a re-run continues where it stopped. Writes WORKDIR/cfg_sweep.json and WORKDIR/cfg_sweep.md.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections import Counter
 import json
 import math
 import time
@@ -43,6 +46,7 @@ from mdpo_jax.data import pipeline
 from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import families
 from mdpo_jax.sampling.sampler import generate
+from mdpo_jax.tasks import countdown
 from mdpo_jax.training import evaluation, sft_loop
 
 MODELS = ("sft", "control")
@@ -125,30 +129,57 @@ def _scaled(forward_fn, factor: float):
   return fwd
 
 
-def sharpen(args, checkpoint: Path) -> list[dict]:
-  """Validation accuracy with logits × (w + 1) for every w: the prompts, keys and batches that
-  `evaluation.evaluate` uses, so factor 1 must reproduce the sweep's w = 0 row exactly."""
-  model = load(args, checkpoint)
-  cfg, ev = model.model_cfg, model.config.eval
-  problems = model.problems("validation", args.val_problems)
+def _answers(model, problems, sc, forward_fn, batch: int) -> list[str]:
+  """Decoded completions of `problems`: the prompts, keys and batches `evaluation.evaluate` uses
+  (so the same sampler gives the same answers as the sweep's rows)."""
+  cfg = model.model_cfg
   prompts, mask = pipeline.eval_prompts([model.task.prompt(p) for p in problems],
                                         model.tokenizer, prompt_len=model.config.data.prompt_len,
                                         pad_id=cfg.pad_token_id)
+  answers, n = [], len(problems)
+  for start in range(0, n, batch):
+    real = len(problems[start:start + batch])
+    rows_B = np.minimum(np.arange(start, start + batch), start + real - 1)
+    tokens = np.asarray(generate(forward_fn, model.params, prompts[rows_B], sc,
+                                 jax.random.key(model.config.seed + start),
+                                 prompt_mask=mask[rows_B]))[:real, prompts.shape[1]:]
+    answers += decode_completions(model.tokenizer, tokens, (cfg.eos_token_id, cfg.eot_token_id))
+  return answers
+
+
+def breakdown(answers: list[str], problems, reward) -> dict:
+  """Fractions of completions whose answer parses, uses exactly the prompt's numbers, equals
+  the target, and is solved (both; the task's verifier)."""
+  counts = Counter()
+  for answer, problem in zip(answers, problems):
+    counts["solved"] += reward(answer, problem) >= 1
+    try:
+      parsed = countdown.parse_expression(countdown.extract_answer(answer) or "")
+    except countdown.ExpressionError:
+      continue
+    counts["parses"] += 1
+    counts["numbers"] += Counter(parsed.numbers) == Counter(problem.numbers)
+    counts["value"] += parsed.value == problem.target
+  return {k: counts[k] / len(problems) for k in ("parses", "numbers", "value", "solved")}
+
+
+def diagnose(args, checkpoint: Path) -> dict:
+  """Validation only, per w: what guided answers get wrong (`breakdown`), and the same for the
+  unguided model with its logits × (w + 1) (guidance against an unconditional model that knows
+  nothing)."""
+  model = load(args, checkpoint)
+  ev, fwd = model.config.eval, families.forward_fn(model.model_cfg)
+  problems = model.problems("validation", args.val_problems)
   sc = evaluation.Setting(args.eval_steps, "low_confidence").sampler_config(
-      cfg, gen_length=ev.gen_length, block_length=ev.block_length)
-  rows, n, batch = [], len(problems), min(args.eval_batch, len(problems))
+      model.model_cfg, gen_length=ev.gen_length, block_length=ev.block_length)
+  batch, start = min(args.eval_batch, len(problems)), time.time()
+  rows = []
   for w in args.scales:
-    fwd, solved = _scaled(families.forward_fn(cfg), 1.0 + w), []
-    for start in range(0, n, batch):
-      real = len(problems[start:start + batch])
-      rows_B = np.minimum(np.arange(start, start + batch), start + real - 1)
-      tokens = np.asarray(generate(fwd, model.params, prompts[rows_B], sc,
-                                   jax.random.key(model.config.seed + start),
-                                   prompt_mask=mask[rows_B]))[:real, prompts.shape[1]:]
-      answers = decode_completions(model.tokenizer, tokens, (cfg.eos_token_id, cfg.eot_token_id))
-      solved += [model.task.reward(a, p) >= 1 for a, p in zip(answers, problems[start:])]
-    rows.append({"cfg_scale": w, "accuracy": float(np.mean(solved)), "n": n})
-  return rows
+    guided = _answers(model, problems, sc.replace(cfg_scale=w), fwd, batch)
+    sharp = _answers(model, problems, sc, _scaled(fwd, 1.0 + w), batch)
+    rows.append({"cfg_scale": w, "guided": breakdown(guided, problems, model.task.reward),
+                 "sharpened": breakdown(sharp, problems, model.task.reward)})
+  return {"rows": rows, "minutes": (time.time() - start) / 60}
 
 
 def choose(rows: list[dict]) -> float:
@@ -164,14 +195,27 @@ def table(results: dict) -> str:
            "95% CI | Δ vs w=0, paired 95% CI |", "|---|---|---|---|---|---|---|"]
   for name in MODELS:
     res = results[name]
-    for val, sharp, held in zip(res["validation"], res["sharpen"], res["held_out"]):
+    for val, diag, held in zip(res["validation"], res["diagnosis"]["rows"], res["held_out"]):
       w = held["cfg_scale"]
       mark = " (chosen)" if w == res["chosen_w"] else ""
       d, lo, hi = held["diff_vs_w0"]
       delta = "—" if w == 0 else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
       lines.append(f"| {LABELS[name]} | {w:g}{mark} | {val['accuracy']:.3f} | "
-                   f"{sharp['accuracy']:.3f} | {held['accuracy']:.3f} | "
+                   f"{diag['sharpened']['solved']:.3f} | {held['accuracy']:.3f} | "
                    f"[{held['ci_low']:.3f}, {held['ci_high']:.3f}] | {delta} |")
+  return "\n".join(lines)
+
+
+def diagnosis_table(results: dict) -> str:
+  """Validation, per (model, w): fractions of guided answers that are well-formed, use the
+  prompt's numbers, equal the target, and are solved."""
+  lines = ["| model | CFG w | answer parses | uses the prompt's numbers | equals the target | "
+           "solved |", "|---|---|---|---|---|---|"]
+  for name in MODELS:
+    for d in results[name]["diagnosis"]["rows"]:
+      g = d["guided"]
+      lines.append(f"| {LABELS[name]} | {d['cfg_scale']:g} | {g['parses']:.3f} | "
+                   f"{g['numbers']:.3f} | {g['value']:.3f} | {g['solved']:.3f} |")
   return "\n".join(lines)
 
 
@@ -204,21 +248,25 @@ def main(argv=None):
   for name in MODELS:
     res = _cached(out, f"{name}_sweep", lambda n=name: sweep(args, out / n / "checkpoints"))
     res["chosen_w"] = choose(res["validation"])
-    res["sharpen"] = _cached(out, f"{name}_sharpen",
-                             lambda n=name: sharpen(args, out / n / "checkpoints"))
-    if res["sharpen"][0]["accuracy"] != res["validation"][0]["accuracy"]:
-      raise AssertionError(f"{name}: factor 1 gave {res['sharpen'][0]} but the sweep's w = 0 "
-                           f"row {res['validation'][0]['accuracy']}")   # a bug in `sharpen`
+    res["diagnosis"] = _cached(out, f"{name}_diagnosis",
+                               lambda n=name: diagnose(args, out / n / "checkpoints"))
+    for row, d in zip(res["validation"], res["diagnosis"]["rows"]):   # two paths, same answers
+      if row["accuracy"] != d["guided"]["solved"]:
+        raise AssertionError(f"{name}, w={row['cfg_scale']}: the diagnosis solved "
+                             f"{d['guided']['solved']}, the sweep {row['accuracy']}")
     results[name] = res
   minutes = (time.time() - start) / 60
   md = (f"Held-out {args.problems} / validation {args.val_problems} Countdown problems, greedy, "
         f"low-confidence remasking, 24 tokens in {args.eval_steps} steps; pretraining "
         f"{args.pretrain_steps} steps, SFT {args.sft_steps} steps; w chosen on validation.\n\n"
-        + table(results) + "\n\n" + "phase minutes: " + ", ".join(
+        + table(results) + "\n\nWhat the guided answers get wrong (validation):\n\n"
+        + diagnosis_table(results) + "\n\n" + "phase minutes: " + ", ".join(
             f"{k} {v['minutes']:.1f}" for k, v in runs.items())
         + ", sweeps " + ", ".join(
             f"{k} {results[k]['validation_minutes'] + results[k]['held_out_minutes']:.1f}"
-            for k in MODELS) + f"; this invocation {minutes:.1f}\n")
+            for k in MODELS) + ", diagnoses " + ", ".join(
+            f"{k} {results[k]['diagnosis']['minutes']:.1f}" for k in MODELS)
+        + f"; this invocation {minutes:.1f}\n")
   for res in results.values():
     for split in ("validation", "held_out"):
       for row in res[split]:

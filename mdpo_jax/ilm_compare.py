@@ -15,7 +15,8 @@ training), greedy:
    as a length-unaware MDM would, the most common number in its training data.
 
 `--split=medium` draws every arm's length from 3–6 nodes, so a path's length is not known in
-advance. Runs already finished in WORKDIR are reused (the trainers resume from their final
+advance; `--split=small` (degree 2, arms of 3 nodes: one node between source and goal) is the
+smallest star graph, a single lookup of the goal's predecessor. Runs already finished in WORKDIR are reused (the trainers resume from their final
 checkpoint); the tables go to WORKDIR/table.md and results.json.
 """
 
@@ -40,14 +41,16 @@ from mdpo_jax.data.tokenizer import decode_completions, encode_text
 from mdpo_jax.models import families
 from mdpo_jax.training import evaluation, ilm_eval, ilm_loop, setup, sft_loop
 
-SPLITS = {"easy": (5, 5), "medium": (3, 6)}   # arm lengths (nodes, source included)
+# degree, arm lengths (nodes, source included): easy = the ILM paper's easy split; medium: the
+# path's length unknown; small: one node between source and goal (a one-hop lookup).
+SPLITS = {"easy": (3, 5, 5), "medium": (3, 3, 6), "small": (2, 3, 3)}
 RECIPES = {"ilm": stargraph_ilm, "mdm": stargraph_mdm, "ar": stargraph_ar}
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and the tables go.")
 _SPLIT = flags.DEFINE_enum("split", "easy", list(SPLITS), "easy: degree 3, arms of 5 nodes; "
-                           "medium: arms of 3-6 nodes.")
+                           "medium: degree 3, arms of 3-6 nodes; small: degree 2, arms of 3.")
 _MODELS = flags.DEFINE_list("models", ["ilm", "mdm", "ar"], "Which of ilm, mdm, ar to run.")
-_STEPS = flags.DEFINE_integer("steps", None, "Training steps of every model (default: the "
+_STEPS = flags.DEFINE_integer("train_steps", None, "Training steps of every model (default: the "
                               "recipes' train.num_steps).")
 _LR = flags.DEFINE_float("lr", None, "Peak learning rate of every model (default: the recipes').")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the task splits, init and data order.")
@@ -62,7 +65,7 @@ def recipe(model: str, split: str, *, seed: int = 0, steps: int | None = None,
   evaluation is cut to one problem (the tables are measured here)."""
   c = RECIPES[model].get_config()
   c.seed = seed
-  c.task.arm_min, c.task.arm_max = SPLITS[split]
+  c.task.graph_degree, c.task.arm_min, c.task.arm_max = SPLITS[split]
   c.task.eval_size = max(c.task.eval_size, eval_problems)
   c.task.val_size = max(c.task.val_size, eval_problems)
   if steps:
@@ -166,8 +169,9 @@ def _cell(r: dict) -> str:
 
 def tables(results: dict, split: str, n: int, eval_split: str) -> str:
   """The three markdown tables (planning, stop-head calibration, infilling) and the settings."""
-  lo, hi = SPLITS[split]
-  lines = [f"Star graphs, {split} split: degree 3, arms of {lo}–{hi} nodes, 20 node labels; "
+  degree, lo, hi = SPLITS[split]
+  arms = f"{lo}" if lo == hi else f"{lo}–{hi}"
+  lines = [f"Star graphs, {split} split: degree {degree}, arms of {arms} nodes, 20 node labels; "
            f"{n} {eval_split.replace('_', '-')} graphs, greedy; 95% Wilson intervals.", "",
            "| model | sampler | parameters | steps | train min | exact match | mean calls |",
            "|---|---|---|---|---|---|---|"]

@@ -132,7 +132,7 @@ def test_the_ilm_trainer_runs_from_the_command_line(tmp_path):
     ilm_loop.setup_run(config_lib.parse(config), tmp_path / "bad")
 
 
-@pytest.mark.parametrize("split", ["easy", "medium"])
+@pytest.mark.parametrize("split", ["easy", "medium", "small"])
 def test_the_three_recipes_differ_only_in_objective_and_sampler(split):
   """Equal size, data, optimiser and steps: the comparison's recipes agree on every key but the
   trainer, the model family (AR: causal) and the sampler settings."""
@@ -147,6 +147,6 @@ def test_the_three_recipes_differ_only_in_objective_and_sampler(split):
             zip(leaves(flat[m]), leaves(flat["mdm"])) if v != w}
   assert differ == {"trainer", "model.family", "eval.sampler", "eval.cache"}
   assert flat["ilm"]["trainer"] == "ilm" and flat["ar"]["model"]["family"] == "ar"
-  assert (flat["mdm"]["task"]["arm_min"], flat["mdm"]["task"]["arm_max"]) == \
-      ilm_compare.SPLITS[split]
+  task = flat["mdm"]["task"]
+  assert (task["graph_degree"], task["arm_min"], task["arm_max"]) == ilm_compare.SPLITS[split]
   assert flat["mdm"]["train"]["num_steps"] == 7

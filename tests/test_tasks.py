@@ -642,5 +642,5 @@ def test_last_boxed_has_one_home():
 
 
 def test_registry():
-  assert set(TASKS) == {"countdown", "math", "gsm8k", "sudoku", "stargraph"}
+  assert set(TASKS) == {"countdown", "math", "gsm8k", "sudoku", "stargraph", "reversal"}
   assert all(callable(cls.reward) and callable(cls.prompt) for cls in TASKS.values())
