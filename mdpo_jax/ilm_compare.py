@@ -33,18 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from configs import stargraph_ar, stargraph_ilm, stargraph_mdm
 from mdpo_jax import cli, tasks
 from mdpo_jax import config as config_lib
 from mdpo_jax.data import pipeline
 from mdpo_jax.data.tokenizer import decode_completions, encode_text
+from mdpo_jax.ilm_recipes import RECIPES, SPLITS, recipe
 from mdpo_jax.models import families
 from mdpo_jax.training import evaluation, ilm_eval, ilm_loop, setup, sft_loop
-
-# degree, arm lengths (nodes, source included): easy = the ILM paper's easy split; medium: the
-# path's length unknown; small: one node between source and goal (a one-hop lookup).
-SPLITS = {"easy": (3, 5, 5), "medium": (3, 3, 6), "small": (2, 3, 3)}
-RECIPES = {"ilm": stargraph_ilm, "mdm": stargraph_mdm, "ar": stargraph_ar}
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and the tables go.")
 _SPLIT = flags.DEFINE_enum("split", "easy", list(SPLITS), "easy: degree 3, arms of 5 nodes; "
@@ -57,24 +52,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the task splits, init and data 
 _EVAL = flags.DEFINE_integer("eval_problems", 500, "Problems evaluated.")
 _EVAL_SPLIT = flags.DEFINE_enum("eval_split", "held_out", ["held_out", "validation"],
                                 "held_out (the result) or validation (for tuning).")
-
-
-def recipe(model: str, split: str, *, seed: int = 0, steps: int | None = None,
-           eval_problems: int = 500, lr: float | None = None):
-  """The model's recipe on `split` with the run-wide settings; the trainer's own end-of-run
-  evaluation is cut to one problem (the tables are measured here)."""
-  c = RECIPES[model].get_config()
-  c.seed = seed
-  c.task.graph_degree, c.task.arm_min, c.task.arm_max = SPLITS[split]
-  c.task.eval_size = max(c.task.eval_size, eval_problems)
-  c.task.val_size = max(c.task.val_size, eval_problems)
-  if steps:
-    c.train.num_steps = c.train.checkpoint_every = steps
-    c.optim.warmup_steps = min(c.optim.warmup_steps, steps)
-  if lr:
-    c.optim.lr = lr
-  c.eval.num_problems, c.eval.batch_size = 1, 1
-  return c
 
 
 def train(model: str, raw, workdir: Path) -> dict:

@@ -136,8 +136,8 @@ def test_the_ilm_trainer_runs_from_the_command_line(tmp_path):
 def test_the_three_recipes_differ_only_in_objective_and_sampler(split):
   """Equal size, data, optimiser and steps: the comparison's recipes agree on every key but the
   trainer, the model family (AR: causal) and the sampler settings."""
-  from mdpo_jax import ilm_compare
-  flat = {m: config_lib.parse(ilm_compare.recipe(m, split, steps=7)).to_json()
+  from mdpo_jax import ilm_recipes
+  flat = {m: config_lib.parse(ilm_recipes.recipe(m, split, steps=7)).to_json()
           for m in ("ilm", "mdm", "ar")}
 
   def leaves(tree, prefix=""):
@@ -148,5 +148,5 @@ def test_the_three_recipes_differ_only_in_objective_and_sampler(split):
   assert differ == {"trainer", "model.family", "eval.sampler", "eval.cache"}
   assert flat["ilm"]["trainer"] == "ilm" and flat["ar"]["model"]["family"] == "ar"
   task = flat["mdm"]["task"]
-  assert (task["graph_degree"], task["arm_min"], task["arm_max"]) == ilm_compare.SPLITS[split]
+  assert (task["graph_degree"], task["arm_min"], task["arm_max"]) == ilm_recipes.SPLITS[split]
   assert flat["mdm"]["train"]["num_steps"] == 7
