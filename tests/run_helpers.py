@@ -1,6 +1,9 @@
-"""Shared by the trainer tests: a tiny run configuration and a dense stand-in reward."""
+"""Shared by the trainer tests: a tiny run configuration, a dense stand-in reward and the
+environment of command-line children."""
 
 from __future__ import annotations
+
+import os
 
 from mdpo_jax import tasks
 from mdpo_jax.training import run as run_lib
@@ -40,3 +43,11 @@ def use_reward(monkeypatch, reward):
     return task
   monkeypatch.setattr(run_lib.tasks, "build", build)
   return build
+
+
+def cli_env() -> dict:
+  """The environment of a command-line child process: as a user's shell on a CPU (one device,
+  no test-only device count) with the suite's fast-compile flag (see conftest)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+  return env

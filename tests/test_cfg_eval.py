@@ -21,6 +21,7 @@ from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import families
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
 from mdpo_jax.training import evaluation, setup, sft_loop
+from run_helpers import cli_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.n_kv_heads": 2,
@@ -104,8 +105,7 @@ def test_evaluate_cli_sweeps_cfg_scales(tmp_path):
   sft_loop.train(c, tmp_path)
   flags_ = [f"--config.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
             for k, v in TINY.items()]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = cli_env()
   out = tmp_path / "rows.json"
   res = subprocess.run([sys.executable, "-m", "mdpo_jax.evaluate", "--config", "configs/base.py",
                         "--checkpoint", str(tmp_path / "checkpoints"), "--output", str(out),

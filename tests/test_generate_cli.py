@@ -1,6 +1,5 @@
 """`python -m mdpo_jax.generate` on a tiny Hugging Face folder built here (no downloads)."""
 
-import os
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from mdpo_jax import generate as generate_cli   # defines the CLI's flags in this process
 from mdpo_jax.models import hf, llada
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
+from run_helpers import cli_env
 
 CHARS = list("abcdefghijklmnopqrstuvwxyz ?!.")
 SPECIALS = ["<|start_header_id|>", "<|end_header_id|>", "<|startoftext|>", "<|endoftext|>",
@@ -36,8 +36,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _run_cli(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = cli_env()
   return subprocess.run([sys.executable, "-m", "mdpo_jax.generate", *args], capture_output=True,
                         text=True, env=env, timeout=300)
 

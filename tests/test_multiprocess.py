@@ -53,7 +53,8 @@ def test_two_processes_train_exactly_as_one(tmp_path):
   port = _free_port()
   procs = []
   for pid in range(2):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+               "--xla_backend_optimization_level=0",
                JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid),
                JAX_DEFAULT_MATMUL_PRECISION="highest")

@@ -16,7 +16,7 @@ from mdpo_jax.models import llada, lora
 from mdpo_jax.rl import rollout
 from mdpo_jax.sampling.sampler import Trajectory
 from mdpo_jax.training import checkpoint, metrics, rl_loop, setup, sft_loop
-from run_helpers import digit_share, tiny_run, use_reward
+from run_helpers import cli_env, digit_share, tiny_run, use_reward
 
 # qwix 0.1.8 still reads Variable.value / VariableState, deprecated in flax 0.12.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:qwix.*")
@@ -83,7 +83,7 @@ def test_over_denoising_filter_on_synthetic_rewards():
 
 def _tiny(config):
   c = tiny_run(config)
-  c.train.checkpoint_every = 1
+  c.train.checkpoint_every = 10   # a run's last update is always saved
   c.rl.prompts_per_update, c.rl.group_size, c.rl.top_k = 2, 4, 2
   c.rl.gen_length, c.rl.steps, c.rl.block_lengths = 8, 4, (4, 8)
   c.rl.micro_batch = 8
@@ -164,6 +164,7 @@ def test_lora_rl_starts_as_full_fine_tune_and_trains_only_adapters(tmp_path, sft
   assert "adapters" not in full
   c.model.lora_rank, c.model.lora_alpha, c.model.lora_targets = 4, 8.0, "q_proj,v_proj,ff_out"
   c.rl.num_updates = 2
+  c.train.checkpoint_every = 1   # update 1's adapters are read back below
   probe = np.arange(12, dtype=np.int32)[None] % 60
   sampled_logits = []   # the rollout policy's logits on `probe`, at each update
 
@@ -268,8 +269,7 @@ def test_mdpo_through_the_cli(tmp_path, sft_checkpoint):
       "--config.rl.gen_length=8", "--config.rl.steps=4", "--config.rl.block_lengths=8",
       "--config.rl.micro_batch=8", "--config.rl.num_updates=2",
       f"--config.model.init_checkpoint={sft_checkpoint}"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = cli_env()
   res = subprocess.run([sys.executable, "-m", "mdpo_jax.train", "--config",
                         "configs/countdown_tiny_mdpo.py", "--workdir", str(tmp_path), *flags],
                        capture_output=True, text=True, env=env, cwd=repo, timeout=600)

@@ -21,6 +21,7 @@ from mdpo_jax.rl import rollout
 from mdpo_jax.sampling import guards
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
 from mdpo_jax.training import evaluation
+from run_helpers import cli_env
 
 VOCAB = 40   # llada.tiny: BOS 36, EOS = pad 37, EOT 38, MASK 39
 
@@ -215,8 +216,7 @@ def test_evaluate_cli_user_errors_are_one_line(tmp_path):
       "not_a_run": {"checkpoint": str(empty)},
       "bad_block": {"checkpoint": str(empty), "config": {"eval.block_length": 7}},
   }
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = cli_env()
   res = subprocess.run([sys.executable, "-c", _EVAL_CHILD, json.dumps(cases)],
                        capture_output=True, text=True, env=env, timeout=300,
                        cwd=Path(__file__).parents[1])

@@ -15,6 +15,7 @@ from mdpo_jax import tasks
 from mdpo_jax.models import llada
 from mdpo_jax.training import checkpoint, metrics, optim, setup, sft_loop, steps
 from mdpo_jax.training import state as state_lib
+from run_helpers import cli_env
 
 
 def _tiny_config(num_steps=8):
@@ -44,6 +45,7 @@ def _losses(workdir):
 def test_training_lowers_the_loss(tmp_path):
   c = _tiny_config(num_steps=60)
   c.train.log_every, c.task.eval_size = 10, 0   # no held-out evaluation: this is about the loss
+  c.train.checkpoint_every = 60
   c.optim.grad_accum_steps = 2
   sft_loop.train(c, tmp_path)
   losses = _losses(tmp_path)
@@ -149,8 +151,7 @@ def test_evaluate_cli_reproduces_the_end_of_training_eval(tmp_path):
            "--config.eval.num_problems=8", "--config.eval.batch_size=8",
            "--config.eval.gen_length=8", "--config.eval.block_length=8", "--config.eval.steps=4",
            "--config.eval.remasking=low_confidence,rcr"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = cli_env()
   out = tmp_path / "rows.json"
   res = subprocess.run([sys.executable, "-m", "mdpo_jax.evaluate", "--config",
                         "configs/countdown_tiny_sft.py", "--checkpoint",
