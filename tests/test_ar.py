@@ -49,8 +49,10 @@ def test_row_i_sees_only_earlier_tokens_and_matches_the_prefix_forward():
   one, one_params = _model(n_layers=1)
   causal = np.asarray(ar.forward(one, one_params, x))
   bidir = llada.tiny(vocab_size=V, n_layers=1)
+  bidir_forward = jax.jit(lambda mask: llada.forward(bidir, one_params, x, attention_mask=mask))
   for i in range(1, 9):   # position i's prediction = the prefix x<i's last row, bidirectionally
-    np.testing.assert_allclose(causal[:, i], llada.forward(bidir, one_params, x[:, :i])[:, i - 1],
+    prefix_only = jnp.broadcast_to(jnp.arange(9) < i, x.shape).astype(jnp.int32)  # one program
+    np.testing.assert_allclose(causal[:, i], bidir_forward(prefix_only)[:, i - 1],
                                rtol=1e-5, atol=1e-5)
 
 
