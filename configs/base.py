@@ -166,6 +166,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.fresh_size = 2000       # fresh prompts generated when rl.prompt_source = "fresh"
   c.rl.reward_workers = 0      # verifier processes (0 = inline: cheap verifiers, no time limit)
   c.rl.reward_timeout_s = 5.0
+  # Co-GRPO (trainer="cogrpo"; rl/cogrpo.py): the schedule policy φ and what it trains.
+  c.rl.cogrpo_mode = "joint"   # joint | model_only (θ, fixed schedule) | schedule_only (φ, θ frozen)
+  c.rl.cogrpo_knobs = ("commit", "temperature", "rank_temperature")  # + "cfg_scale" (2× forward)
+  c.rl.cogrpo_init_std = 0.3   # φ's starting std per action (unconstrained space)
+  c.rl.cogrpo_schedule_lr = 0.05  # Adam on φ (clip 1.0)
+  c.rl.cogrpo_rank_temperature = 0.05  # starting ranking temperature τ (hand rule: τ → 0)
+  c.rl.cogrpo_cfg_scale = 0.5  # starting CFG weight when the cfg_scale knob is learned
 
   # ---- logging -------------------------------------------------------------------------------------
   c.logging = ml_collections.ConfigDict()

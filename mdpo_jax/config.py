@@ -28,7 +28,7 @@ from mdpo_jax import parallel
 from mdpo_jax import tasks as tasks_lib
 from mdpo_jax.data import generated
 from mdpo_jax.models import families, llada, lora
-from mdpo_jax.rl import algorithms
+from mdpo_jax.rl import algorithms, cogrpo, schedule_policy
 from mdpo_jax.sampling import fhs, sampler
 from mdpo_jax.training import optim as optim_lib
 
@@ -244,6 +244,12 @@ class RLConfig(_Section):
   fresh_size: int
   reward_workers: int
   reward_timeout_s: float
+  cogrpo_mode: str
+  cogrpo_knobs: tuple[str, ...]
+  cogrpo_init_std: float
+  cogrpo_schedule_lr: float
+  cogrpo_rank_temperature: float
+  cogrpo_cfg_scale: float
 
 
 @_frozen
@@ -475,6 +481,10 @@ _RULES: dict[str, dict[str, Rule]] = {
         "prompt_source": _one_of(PROMPT_SOURCES), "fresh_size": _NON_NEGATIVE,
         "reward_workers": _at_least(0, "must be ≥ 0 (0 = inline)"),
         "reward_timeout_s": _above(0),
+        "cogrpo_mode": _one_of(cogrpo.MODES),
+        "cogrpo_knobs": _each_in(schedule_policy.KNOBS, unique=True),
+        **{k: _above(0) for k in ("cogrpo_init_std", "cogrpo_schedule_lr",
+                                  "cogrpo_rank_temperature", "cogrpo_cfg_scale")},
     },
     "logging": {},
 }
@@ -638,12 +648,29 @@ def _check_rl(c: RunConfig) -> None:
     if rl.fresh_size < 1:
       raise ValueError(f"rl.fresh_size={rl.fresh_size}: must be ≥ 1 with "
                        "rl.prompt_source='fresh'")
+  if c.trainer == "cogrpo":
+    _check_cogrpo(rl)
   if c.trainer == "mdpo" and rl.top_k > rl.steps:
     raise ValueError(f"rl.top_k={rl.top_k} must be ≤ rl.steps={rl.steps}")
   n_rows = rl.prompts_per_update * rl.group_size * _rl_rows_per_rollout(c)
   if n_rows % rl.micro_batch:
     raise ValueError(f"rl.micro_batch={rl.micro_batch} must divide the {n_rows} training rows "
                      "of an update (prompts_per_update × group_size [× top_k for mdpo])")
+
+
+def _check_cogrpo(rl: RLConfig) -> None:
+  """Co-GRPO's rollouts: one block length (the schedule policy has a fixed step layout) and the
+  settings the scheduled sampler supports."""
+  if len(rl.block_lengths) != 1:
+    raise ValueError(f"rl.block_lengths={rl.block_lengths!r}: trainer='cogrpo' allows one block "
+                     "length (the learned schedule is per step of a fixed block layout)")
+  for name, allowed in (("remasking", "low_confidence"), ("cache", "none")):
+    if getattr(rl, name) != allowed:
+      raise ValueError(f"rl.{name}={getattr(rl, name)!r}: trainer='cogrpo' allows {allowed!r} "
+                       "(the scheduled sampler)")
+  if not rl.cogrpo_knobs and rl.cogrpo_mode != "model_only":
+    raise ValueError(f"rl.cogrpo_knobs=(): rl.cogrpo_mode={rl.cogrpo_mode!r} needs at least one "
+                     f"knob from {schedule_policy.KNOBS} (or rl.cogrpo_mode='model_only')")
 
 
 _CROSS_CHECKS = (_check_model, _check_family, _check_mesh, _check_task, _check_data, _check_optim,

@@ -48,7 +48,7 @@ CONFIG_CASES = [   # (key, value, exact message)
     ("eval.threshold", 1.5, "eval.threshold=1.5: must be in [0, 1]"),
     ("rl.cache", "all", "rl.cache='all': allowed ('none', 'prefix', 'dual')"),
     ("seed", -1, "seed=-1: must be ≥ 0"),
-    ("trainer", "ppo", "trainer='ppo': allowed ('pretrain', 'sft', 'ilm', 'mdpo', 'diffu_grpo')"),
+    ("trainer", "ppo", "trainer='ppo': allowed ('pretrain', 'sft', 'ilm', 'mdpo', 'diffu_grpo', 'cogrpo')"),
     ("rl.reward_timeout_s", 0.0, "rl.reward_timeout_s=0.0: must be > 0"),
     ("rl.group_size", 1, "rl.group_size=1: group-relative advantages need ≥ 2"),
     ("rl.temperature", math.inf, "rl.temperature=inf: must be a finite number"),
@@ -123,7 +123,7 @@ def test_training_cli_user_errors_are_one_line(tmp_path):
       "schedule": ([*ok, "--config.optim.schedule=exponential"],
                    "optim.schedule='exponential': allowed ('constant', 'cosine', 'linear')"),
       "trainer": ([*ok, "--config.trainer=dpo"],
-                  "trainer='dpo': allowed ('pretrain', 'sft', 'ilm', 'mdpo', 'diffu_grpo')"),
+                  "trainer='dpo': allowed ('pretrain', 'sft', 'ilm', 'mdpo', 'diffu_grpo', 'cogrpo')"),
       "remasking": ([*ok, "--config.eval.remasking=greedy"],
                     "eval.remasking=('greedy',): entries must come from ('low_confidence', "
                     "'random', 'margin', 'entropy', 'rcr'); unknown ['greedy']"),

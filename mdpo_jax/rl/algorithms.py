@@ -12,6 +12,18 @@ checkpoints and logging. An algorithm says only what differs:
 - `needs_old_logp(rl)`: whether the loss's ratio needs stored old-policy log-probs;
 - `loss(forward_fn, params, rows, rl)`: (scalar loss, metrics) — differentiated by the loop.
 
+Optional hooks (the loop uses them when an algorithm has them, else its defaults):
+
+- `init_state(run, state) -> state`: the train state with extra trainable state (a
+  `TrainState` subclass, checkpointed whole; Co-GRPO's schedule policy and its optimiser);
+- `rollout(sample_fn, params, state, prompts_BxP, prompt_mask_BxP, problems, sampler_config,
+  rng, rl) -> RolloutBatch`: the algorithm's own rollouts (default: `rollout.sample`);
+- `make_update(run) -> update(state, rows, base) -> (state, metrics)`: its own jitted update
+  (default: `rl_loop.make_update`, the gradient of `loss` w.r.t. `state.params`);
+- `finish(run, state)`: an end-of-run report (Co-GRPO prints and saves the learned schedule).
+
+`logprob_io` may return [N, S, L] inputs (several per row); the loop flattens them.
+
 Adding an algorithm is a module in `rl/` with such an object and one line in `ALGORITHMS`; the
 config selects it with `trainer=<name>`.
 """
@@ -20,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from mdpo_jax.rl import diffu_grpo, mdpo
+from mdpo_jax.rl import cogrpo, diffu_grpo, mdpo
 from mdpo_jax.rl.rollout import Rows
 
 
@@ -39,6 +51,7 @@ class Algorithm(Protocol):
 ALGORITHMS: dict[str, Algorithm] = {
     "mdpo": mdpo.MDPO(),
     "diffu_grpo": diffu_grpo.DiffuGRPO(),
+    "cogrpo": cogrpo.CoGRPO(),
 }
 ALGORITHM_NAMES = tuple(ALGORITHMS)
 

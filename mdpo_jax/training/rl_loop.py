@@ -80,7 +80,8 @@ class _Learner:
     self.pool = RewardPool(run.task.reward, num_workers=rl.reward_workers,
                            timeout_s=rl.reward_timeout_s, key_fn=run.task.key)
     self.scorer = rollout.Scorer(run.tokenizer, self.pool, run.stop_ids)
-    self.update_fn = make_update(algorithm, run)
+    custom_update = getattr(algorithm, "make_update", None)   # optional hook
+    self.update_fn = custom_update(run) if custom_update else make_update(algorithm, run)
     temperature = algorithm.logp_temperature(rl)
     self.logprobs = logprob_fn(run.policy.sample_fn, temperature, rl.micro_batch)
     lora_on = run.policy.lora_cfg is not None   # the reference is the plain model either way
@@ -117,12 +118,7 @@ class _Learner:
         self.candidates, rl.prompts_per_update,
         replace=len(self.candidates) < rl.prompts_per_update)
     block = int(np.random.default_rng([seed, update, 1]).choice(list(rl.block_lengths)))
-    batch = rollout.sample(policy.sample_fn, policy.sample_params(state.params),
-                           self.prompts_all[pick], self.pmask_all[pick],
-                           [self.problems[i] for i in pick],
-                           self.sampler_config(block, rl.temperature), ukey,
-                           group_size=rl.group_size,
-                           with_trajectory=self.algorithm.uses_trajectory)
+    batch = self._rollout(state, pick, self.sampler_config(block, rl.temperature), ukey)
     made = self.algorithm.rows(batch, self.scorer, ukey, rl,
                                mask_id=self.run.model_cfg.mask_token_id,
                                eos_id=self.run.model_cfg.eos_token_id)
@@ -140,16 +136,39 @@ class _Learner:
                 "block_length": block, "seconds": time.time() - started, **made.metrics})
     return state, out
 
+  def _rollout(self, state, pick, config: SamplerConfig, key):
+    """The rollout batch of the prompts `pick`: the plain sampler, or the algorithm's own
+    (optional hook `rollout`, e.g. Co-GRPO's sampled schedules)."""
+    policy, rl = self.run.policy, self.rl
+    args = (policy.sample_params(state.params), self.prompts_all[pick], self.pmask_all[pick],
+            [self.problems[i] for i in pick])
+    custom = getattr(self.algorithm, "rollout", None)
+    if custom is not None:
+      return custom(policy.sample_fn, args[0], state, *args[1:], config, key, rl)
+    return rollout.sample(policy.sample_fn, *args, config, key, group_size=rl.group_size,
+                          with_trajectory=self.algorithm.uses_trajectory)
+
   def _with_logprobs(self, rows, state):
     """The rows on the mesh, with old-policy / reference log-probs where the loss needs them."""
     tokens_in, targets = self.algorithm.logprob_io(rows)
     if self.algorithm.needs_old_logp(self.rl):
-      rows["old_logp"] = self.logprobs(self.run.policy.sample_params(state.params), tokens_in,
-                                       targets, rows["attention_mask"])
+      rows["old_logp"] = _per_row_logprobs(self.logprobs, self.run.policy.sample_params(
+          state.params), tokens_in, targets, rows["attention_mask"])
     if self.rl.beta > 0:
-      rows["ref_logp"] = self.ref_logprobs(self.ref_params, tokens_in, targets,
+      rows["ref_logp"] = _per_row_logprobs(self.ref_logprobs, self.ref_params, tokens_in, targets,
                                            rows["attention_mask"])
     return parallel.shard_batch(rows, self.run.mesh, self.run.rules)
+
+
+def _per_row_logprobs(fn, params, tokens, targets, attention_NxL):
+  """`fn`'s log-probs of [N, L] inputs, or of [N, S, L] ones (several inputs per training row,
+  e.g. Co-GRPO's steps: flattened, the row's attention mask repeated), shaped like `tokens`."""
+  shape = tokens.shape
+  if len(shape) == 2:
+    return fn(params, tokens, targets, attention_NxL)
+  flat = lambda a: a.reshape(-1, shape[-1])  # noqa: E731
+  attention = np.broadcast_to(np.asarray(attention_NxL)[:, None], shape)
+  return fn(params, flat(tokens), flat(targets), flat(attention)).reshape(shape)
 
 
 def rl_prompts(run: run_lib.Run):
@@ -174,8 +193,12 @@ def train(config, workdir: str | Path) -> dict:
   try:
     algorithm = algorithms.get(run.config.trainer)
     learner = _Learner(run, algorithm, rl_prompts(run), state.params)
+    if hasattr(algorithm, "init_state"):   # optional hook: extra trainable state (Co-GRPO's φ)
+      state = algorithm.init_state(run, state)
     state = run.restore(state)
     state, update, history, stop = _loop(run, learner, state)
+    if hasattr(algorithm, "finish"):       # optional hook: the algorithm's end-of-run report
+      algorithm.finish(run, state)
     held_out = () if stop == "preempted" else run.task.held_out()
     return run_lib.result(run, state, update, held_out=held_out, update=update,
                           history=history, loss=None, stopped=stop)
