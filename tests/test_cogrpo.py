@@ -138,7 +138,7 @@ def _toy_forward(params, tokens_BxL, attention_mask=None):
   return params["emb_VxV"][tokens_BxL] + params["bias_V"]
 
 
-def _fake_run(cfg, mode, beta):
+def _fake_run(cfg, mode, beta, params):
   c = countdown_tiny_cogrpo.get_config()
   c.rl.cogrpo_mode, c.rl.micro_batch, c.rl.gen_length, c.rl.steps = mode, 4, 12, 3
   c.rl.block_lengths, c.rl.temperature, c.rl.prompts_per_update, c.rl.group_size = (12,), 0.8, 2, 4
@@ -146,8 +146,10 @@ def _fake_run(cfg, mode, beta):
   config = config_lib.parse(c)
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
   policy = types.SimpleNamespace(forward=lambda base: _toy_forward)
+  optimizer = optim.make_optimizer(config.optim, 10)
   return types.SimpleNamespace(config=config, policy=policy, model_cfg=cfg, mesh=mesh,
-                               optimizer=optim.make_optimizer(config.optim, 10))
+                               optimizer=optimizer,
+                               state_shardings=state_lib.shardings(params, optimizer, 0, mesh))
 
 
 @pytest.mark.parametrize("mode,beta", [("schedule_only", 0.0), ("model_only", 0.0),
@@ -159,14 +161,16 @@ def test_each_mode_moves_only_its_parameters(model, rollout, mode, beta):
   rows["ref_logp"] = np.full(rows["x"].shape, -3.0, np.float32)
   if not beta:
     del rows["ref_logp"]
-  run = _fake_run(cfg, mode, beta)
   params = {"emb_VxV": jax.random.normal(jax.random.key(0), (VOCAB, VOCAB)),
             "bias_V": jnp.zeros((VOCAB,))}
+  run = _fake_run(cfg, mode, beta, params)
   algo = cogrpo.CoGRPO()
-  state = algo.init_state(run, state_lib.create(params, run.optimizer, 0))
-  before = jax.device_get((state.params, state.schedule["params"]))
-  state, out = algo.make_update(run)(state, {k: jnp.asarray(v) for k, v in rows.items()})
-  theta, phi = jax.device_get((state.params, state.schedule["params"]))
+  extra = rl_loop.extra_state(algo, run.config.rl)
+  state = state_lib.with_extra(state_lib.create(params, run.optimizer, 0),
+                               state_lib.fresh_extra(*extra))
+  before = jax.device_get((state.params, state.extra["params"]))
+  state, out = rl_loop.make_update(algo, run)(state, {k: jnp.asarray(v) for k, v in rows.items()})
+  theta, phi = jax.device_get((state.params, state.extra["params"]))
   moved = lambda a, b: any(not np.array_equal(x, y)  # noqa: E731
                            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert moved(before[0], theta) == (mode != "schedule_only")

@@ -14,12 +14,13 @@ checkpoints and logging. An algorithm says only what differs:
 
 Optional hooks (the loop uses them when an algorithm has them, else its defaults):
 
-- `init_state(run, state) -> state`: the train state with extra trainable state (a
-  `TrainState` subclass, checkpointed whole; Co-GRPO's schedule policy and its optimiser);
+- `extra_params(rl)`, `extra_optimizer(rl)`, `extra_name`: the algorithm's own trainable state
+  beside the model's (Co-GRPO's schedule policy φ). The loop keeps it, with its optimiser state,
+  in the checkpointed train state (`ExtraTrainState.extra`), passes `(params, extra params)` to
+  `loss` and steps each with its optimiser; `trains(rl) -> (model, extra)` says which step;
+- `loss_context(run) -> dict`: static keyword arguments of `loss` (e.g. the sampler's ids);
 - `rollout(sample_fn, params, state, prompts_BxP, prompt_mask_BxP, problems, sampler_config,
   rng, rl) -> RolloutBatch`: the algorithm's own rollouts (default: `rollout.sample`);
-- `make_update(run) -> update(state, rows, base) -> (state, metrics)`: its own jitted update
-  (default: `rl_loop.make_update`, the gradient of `loss` w.r.t. `state.params`);
 - `finish(run, state)`: an end-of-run report (Co-GRPO prints and saves the learned schedule).
 
 `logprob_io` may return [N, S, L] inputs (several per row); the loop flattens them.

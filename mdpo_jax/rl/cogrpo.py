@@ -25,8 +25,9 @@ as the loop computes the reference's). No gradient flows through sampling.
 Modes (`rl.cogrpo_mode`): `joint` trains θ and φ; `model_only` samples with φ's deterministic
 schedule (the hand one unless φ was trained) and trains θ only; `schedule_only` freezes θ (no
 forward pass in the loss) and trains φ only. φ has its own Adam (`rl.cogrpo_schedule_lr`, clip
-1.0); φ and its optimiser state live in the checkpointed state (`CoGRPOState.schedule`), so a
-resumed run is exact. At the end of a run the learned schedule is printed and written to
+1.0); φ and its optimiser state are the algorithm's extra trainable state (hooks
+`extra_params`/`extra_optimizer`; the RL loop keeps them in the checkpointed
+`ExtraTrainState.extra`), so a resumed run is exact. At the end of a run the learned schedule is printed and written to
 `WORKDIR/cogrpo_schedule.json`.
 """
 
@@ -37,7 +38,6 @@ import json
 import logging
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,17 +48,8 @@ from mdpo_jax.rl import schedule_policy as sp
 from mdpo_jax.rl.common import check_clip_eps, check_nonnegative_real, token_logprobs
 from mdpo_jax.sampling import scheduled
 from mdpo_jax.sampling.sampler import SamplerConfig
-from mdpo_jax.training import state as state_lib
-from mdpo_jax.training import steps
 
 MODES = ("joint", "model_only", "schedule_only")
-
-
-@flax.struct.dataclass
-class CoGRPOState(state_lib.TrainState):
-  """The train state plus the schedule policy: {"params": φ, "opt_state": its Adam state}."""
-
-  schedule: Any
 
 
 @dataclasses.dataclass
@@ -194,38 +185,40 @@ def cogrpo_loss(forward_fn, theta, phi, rows, *, spec: sp.ScheduleSpec, mode: st
 
 # ----------------------------------------------------------------------------- the plug-in
 
-def _apply_schedule(state: CoGRPOState, grads, optimizer):
-  params, opt_state = state.schedule["params"], state.schedule["opt_state"]
-  updates, opt_state = optimizer.update(grads, opt_state, params)
-  return state.replace(schedule={"params": optax.apply_updates(params, updates),
-                                 "opt_state": opt_state})
-
-
 class CoGRPO:
   """Co-GRPO as an RL algorithm (`rl/algorithms.py`), with the optional hooks `init_state`,
   `rollout`, `make_update` and `finish` (its schedule policy is extra trainable state)."""
 
   name = "cogrpo"
+  extra_name = "schedule"   # φ's metrics: schedule/...
   uses_trajectory = True
 
   def rows_per_rollout(self, rl) -> int:
     del rl
     return 1
 
-  def init_state(self, run, state) -> CoGRPOState:
+  def extra_params(self, rl):
+    """φ at its start: the hand schedule as the mode (`schedule_policy.from_hand_schedule`)."""
+    return sp.from_hand_schedule(spec_for(rl, rl.block_lengths[0]), rl.cogrpo_init_std,
+                                 rank_temperature=rl.cogrpo_rank_temperature,
+                                 cfg_scale=rl.cogrpo_cfg_scale)
+
+  def extra_optimizer(self, rl) -> optax.GradientTransformation:
+    return schedule_optimizer(rl)
+
+  def trains(self, rl) -> tuple[bool, bool]:
+    """(θ steps, φ steps) in `rl.cogrpo_mode`."""
+    return rl.cogrpo_mode != "schedule_only", rl.cogrpo_mode != "model_only"
+
+  def loss_context(self, run) -> dict:
+    """The sampler's static settings (mask/EOS ids and rules) for the loss's logits."""
     rl = run.config.rl
-    spec = spec_for(rl, rl.block_lengths[0])
-    phi = sp.from_hand_schedule(spec, rl.cogrpo_init_std,
-                                rank_temperature=rl.cogrpo_rank_temperature,
-                                cfg_scale=rl.cogrpo_cfg_scale)
-    schedule = {"params": phi, "opt_state": schedule_optimizer(rl).init(phi)}
-    replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
-    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state_lib.TrainState)}
-    return CoGRPOState(**fields, schedule=jax.device_put(schedule, replicated))
+    return {"config": SamplerConfig.for_model(run.model_cfg, gen_length=rl.gen_length,
+                                              block_length=rl.block_lengths[0], steps=rl.steps)}
 
   def rollout(self, sample_fn, params, state, prompts_BxP, prompt_mask_BxP, problems,
               config: SamplerConfig, rng, rl) -> ScheduledBatch:
-    return sample(sample_fn, params, state.schedule["params"], prompts_BxP, prompt_mask_BxP,
+    return sample(sample_fn, params, state.extra["params"], prompts_BxP, prompt_mask_BxP,
                   problems, config, rng, spec=spec_for(rl, config.block_length),
                   group_size=rl.group_size, deterministic=rl.cogrpo_mode == "model_only")
 
@@ -250,49 +243,20 @@ class CoGRPO:
     del rl
     return False   # the sampler records the behaviour policy's log-probs
 
-  def loss(self, forward_fn, params, rows, rl, config: SamplerConfig):
+  def loss(self, forward_fn, params, rows, rl, *, config: SamplerConfig):
     """`params` = (θ, φ); `config` gives the sampler's ids (mask, EOS) for its logits."""
     theta, phi = params
     spec = spec_for(rl, rl.block_lengths[0])
     return cogrpo_loss(forward_fn, theta, phi, rows, spec=spec, mode=rl.cogrpo_mode,
                        config=config, clip_eps=rl.clip_eps, beta=rl.beta)
 
-  def make_update(self, run):
-    """state, rows, base → state, metrics: mean gradients over micro-batches w.r.t. (θ, φ); θ
-    steps with the run's optimiser unless schedule_only, φ with its own unless model_only."""
-    rl, policy = run.config.rl, run.policy
-    config = SamplerConfig.for_model(run.model_cfg, gen_length=rl.gen_length,
-                                     block_length=rl.block_lengths[0], steps=rl.steps)
-    optimizer = schedule_optimizer(rl)
-    grad_fn = jax.value_and_grad(
-        lambda params, rows, base: self.loss(policy.forward(base), params, rows, rl, config),
-        has_aux=True)
-
-    def update(state, rows, base=None):
-      num_micro = jax.tree.leaves(rows)[0].shape[0] // rl.micro_batch
-      (g_theta, g_phi), losses_m, aux_m = steps.mean_gradients(
-          lambda p, mb, i: grad_fn(p, mb, base), (state.params, state.schedule["params"]),
-          steps.split_micro(rows, num_micro), num_micro)
-      loss = losses_m.mean()
-      if rl.cogrpo_mode == "schedule_only":
-        state, out = state.replace(step=state.step + 1), {"grad_norm": 0.0, "skipped": 0.0}
-      else:
-        state, out = steps.apply_gradients(state, g_theta, run.optimizer, loss)
-      if rl.cogrpo_mode != "model_only":
-        state = _apply_schedule(state, g_phi, optimizer)
-      out = {"loss": loss, **out, "schedule/grad_norm": optax.tree.norm(g_phi),
-             **{k: jnp.mean(v) for k, v in aux_m.items()}}
-      return state, out
-
-    return jax.jit(update, donate_argnums=0)
-
   def finish(self, run, state) -> dict:
     """Print the learned (deterministic) schedule against the hand one; write it as JSON."""
     rl = run.config.rl
     spec = spec_for(rl, rl.block_lengths[0])
-    report = sp.describe(spec, state.schedule["params"])
+    report = sp.describe(spec, state.extra["params"])
     report["mode"] = rl.cogrpo_mode
-    report["phi"] = {k: np.asarray(v).tolist() for k, v in state.schedule["params"].items()}
+    report["phi"] = {k: np.asarray(v).tolist() for k, v in state.extra["params"].items()}
     path = run.workdir / "cogrpo_schedule.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))

@@ -20,6 +20,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from tqdm import tqdm
 
 from mdpo_jax import parallel
@@ -30,31 +31,77 @@ from mdpo_jax.rl.common import token_logprobs
 from mdpo_jax.rl.scoring import RewardPool
 from mdpo_jax.sampling.sampler import SamplerConfig
 from mdpo_jax.training import run as run_lib
+from mdpo_jax.training import state as state_lib
 from mdpo_jax.training import steps
 
 
 def make_update(algorithm, run: run_lib.Run):
   """state, rows, base → state, metrics: the mean gradient of the algorithm's loss over
-  `rl.micro_batch`-row micro-batches, one optimiser step."""
-  rl = run.config.rl
-  policy = run.policy
+  `rl.micro_batch`-row micro-batches, one optimiser step.
+
+  An algorithm with its own trainable state (optional hooks `extra_params`, `extra_optimizer`)
+  is differentiated w.r.t. (model params, extra params); its `trains(rl)` says which of the two
+  step (default both), and `loss_context(run)` gives static keyword arguments of its loss."""
+  rl, policy = run.config.rl, run.policy
+  extra = extra_state(algorithm, rl)
+  trains_model, trains_extra = (algorithm.trains(rl) if hasattr(algorithm, "trains")
+                                else (True, True))
+  context = algorithm.loss_context(run) if hasattr(algorithm, "loss_context") else {}
 
   def loss_fn(params, rows, base):
-    return algorithm.loss(policy.forward(base), params, rows, rl)
+    return algorithm.loss(policy.forward(base), params, rows, rl, **context)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def update(state, rows, base=None):
     n = jax.tree.leaves(rows)[0].shape[0]
     num_micro = n // rl.micro_batch
+    params = state.params if extra is None else (state.params, state.extra["params"])
     grads, losses_m, aux_m = steps.mean_gradients(
-        lambda p, mb, i: grad_fn(p, mb, base), state.params, steps.split_micro(rows, num_micro),
+        lambda p, mb, i: grad_fn(p, mb, base), params, steps.split_micro(rows, num_micro),
         num_micro)
-    state, out = steps.apply_gradients(state, grads, run.optimizer, losses_m.mean())
-    out = {"loss": losses_m.mean(), **out, **{k: jnp.mean(v) for k, v in aux_m.items()}}
+    grads, extra_grads = (grads, None) if extra is None else grads
+    loss = losses_m.mean()
+    if trains_model:
+      state, out = steps.apply_gradients(state, grads, run.optimizer, loss)
+    else:
+      state, out = state.replace(step=state.step + 1), {"grad_norm": 0.0, "skipped": 0.0}
+    if extra is not None:
+      out[f"{algorithm.extra_name}/grad_norm"] = optax.tree.norm(extra_grads)
+      if trains_extra:
+        state = _step_extra(state, extra_grads, extra[1], loss)
+    out = {"loss": loss, **out, **{k: jnp.mean(v) for k, v in aux_m.items()}}
     return state, out
 
-  return jax.jit(update, donate_argnums=0, out_shardings=(run.state_shardings, None))
+  shardings = run.state_shardings
+  if extra is not None:
+    shardings = state_lib.with_extra(shardings, _extra_shardings(run, extra))
+  return jax.jit(update, donate_argnums=0, out_shardings=(shardings, None))
+
+
+def extra_state(algorithm, rl):
+  """(fresh extra params, their optimiser) of an algorithm with its own trainable state, or
+  None (optional hooks `extra_params(rl)`, `extra_optimizer(rl)`)."""
+  if not hasattr(algorithm, "extra_params"):
+    return None
+  return algorithm.extra_params(rl), algorithm.extra_optimizer(rl)
+
+
+def _step_extra(state, grads, optimizer, loss):
+  """One optimiser step on the extra params; none when the loss is not finite."""
+  params, opt_state = state.extra["params"], state.extra["opt_state"]
+  updates, new_opt = optimizer.update(grads, opt_state, params)
+  new = {"params": optax.apply_updates(params, updates), "opt_state": new_opt}
+  keep = jnp.isfinite(loss)
+  return state.replace(extra=jax.tree.map(lambda a, b: jnp.where(keep, a, b), new,
+                                          state.extra))
+
+
+def _extra_shardings(run: run_lib.Run, extra) -> dict:
+  """The extra state's shardings: replicated (it is small)."""
+  replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda _: replicated, jax.eval_shape(
+      lambda p: state_lib.fresh_extra(p, extra[1]), extra[0]))
 
 
 def logprob_fn(forward_fn, temperature: float, micro_batch: int):
@@ -193,8 +240,10 @@ def train(config, workdir: str | Path) -> dict:
   try:
     algorithm = algorithms.get(run.config.trainer)
     learner = _Learner(run, algorithm, rl_prompts(run), state.params)
-    if hasattr(algorithm, "init_state"):   # optional hook: extra trainable state (Co-GRPO's φ)
-      state = algorithm.init_state(run, state)
+    extra = extra_state(algorithm, run.config.rl)
+    if extra is not None:   # the algorithm's own trainable state (Co-GRPO's schedule policy)
+      state = state_lib.with_extra(state, jax.device_put(state_lib.fresh_extra(*extra),
+                                                         _extra_shardings(run, extra)))
     state = run.restore(state)
     state, update, history, stop = _loop(run, learner, state)
     if hasattr(algorithm, "finish"):       # optional hook: the algorithm's end-of-run report

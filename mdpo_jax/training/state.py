@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -27,6 +28,25 @@ class TrainState:
   def step_key(self, step=None) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step if step is None
                               else step)
+
+
+@flax.struct.dataclass
+class ExtraTrainState(TrainState):
+  """A train state with an RL algorithm's own trainable state beside the model's (Co-GRPO's
+  schedule policy): `extra = {"params": ..., "opt_state": ...}`, checkpointed with the rest."""
+
+  extra: Any
+
+
+def with_extra(state: TrainState, extra) -> ExtraTrainState:
+  """`state` (or a state-shaped tree of shardings) plus `extra`."""
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(TrainState)}
+  return ExtraTrainState(**fields, extra=extra)
+
+
+def fresh_extra(params, optimizer: optax.GradientTransformation) -> dict:
+  """Extra trainable state at its start: the params and `optimizer.init` of them."""
+  return {"params": params, "opt_state": optimizer.init(params)}
 
 
 def create(params, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
