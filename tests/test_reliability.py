@@ -20,6 +20,7 @@ from mdpo_jax.models import llada
 from mdpo_jax.sampling import guards
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
 from mdpo_jax.training import evaluation, sft_loop
+from run_helpers import cli_env
 from test_training import _tiny_config
 
 # ---- the config: every field's range, in the one place that validates it ----------------------
@@ -138,7 +139,7 @@ def test_training_cli_user_errors_are_one_line(tmp_path):
   out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps({k: a for k, (a, _) in
                                                                   cases.items()})],
                        capture_output=True, text=True, cwd=Path(__file__).parents[1],
-                       timeout=300)
+                       env=cli_env(), timeout=300)
   got = json.loads(out.stdout.strip().splitlines()[-1])
   for name, (_, message) in cases.items():
     assert got[name] == [2, f"error: {message}\n"], name

@@ -19,6 +19,7 @@ from mdpo_jax import config as config_lib
 from mdpo_jax import tasks
 from mdpo_jax.tasks import stargraph as sg
 from mdpo_jax.training import ilm_loop
+from run_helpers import cli_env
 
 
 def _cfg(**over):
@@ -119,7 +120,8 @@ def test_the_ilm_trainer_runs_from_the_command_line(tmp_path):
             "--config.eval.batch_size=8", "--config.data.batch_size=8", "--config.model.n_layers=1",
             "--config.model.d_model=32", "--config.model.mlp_hidden_size=64",
             "--config.logging.tensorboard=False"]
-  done = subprocess.run(common, cwd=root, capture_output=True, text=True, timeout=600)
+  done = subprocess.run(common, cwd=root, env=cli_env(), capture_output=True, text=True,
+                        timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "finished at step 3" in done.stdout and "| ilm/joint | 9 | 1 | 0 |" in done.stdout
   logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
