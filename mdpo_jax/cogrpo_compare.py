@@ -30,9 +30,11 @@ run's updates, the checkpoint, the swept steps, the seed). `--seed` defaults to 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
+import types
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -48,18 +50,24 @@ from mdpo_jax.training import checkpoint, cogrpo_eval, evaluation, rl_loop, setu
 RECIPES = {"countdown": countdown_tiny_cogrpo, "sudoku": sudoku_tiny_cogrpo}
 HAND_STEPS = ("3", "4", "6", "8", "12", "24")
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs, the tables and the plot go.")
-_TASK = flags.DEFINE_string("task", "countdown", "countdown or sudoku (its tiny Co-GRPO recipe).")
-_SFT = flags.DEFINE_string("sft_checkpoint", None, "The SFT run's WORKDIR/checkpoints folder.")
-_MODES = flags.DEFINE_list("modes", list(cogrpo.MODES), "Co-GRPO modes to train and evaluate.")
-_UPDATES = flags.DEFINE_integer("rl_updates", None, "Updates per run (default: the recipe's).")
-_SEED = flags.DEFINE_integer("seed", None, "Seed of the runs and the task splits (default: the "
-                             "SFT run's, as saved with its checkpoint).")
-_EVAL = flags.DEFINE_integer("eval_problems", 500, "Problems evaluated.")
-_EVAL_SPLIT = flags.DEFINE_string("eval_split", "held_out", "held_out (the result) or "
-                                  "validation (for tuning).")
-_HAND_STEPS = flags.DEFINE_list("hand_steps", list(HAND_STEPS), "Steps of the hand-schedule "
-                                "sweep (greedy; each must divide the generation length).")
+
+def define_flags() -> types.SimpleNamespace:
+  """The command's flags, defined only when it runs as a command: importing this module (tests,
+  notebooks) defines none, so it never clashes with another command's flags in one process."""
+  d = flags   # noqa: the namespace's lines stay short
+  return types.SimpleNamespace(
+      workdir=d.DEFINE_string("workdir", None, "Where the runs, the tables and the plot go."),
+      task=d.DEFINE_string("task", "countdown", "countdown or sudoku (its tiny Co-GRPO recipe)."),
+      sft=d.DEFINE_string("sft_checkpoint", None, "The SFT run's WORKDIR/checkpoints folder."),
+      modes=d.DEFINE_list("modes", list(cogrpo.MODES), "Co-GRPO modes to train and evaluate."),
+      updates=d.DEFINE_integer("rl_updates", None, "Updates per run (default: the recipe's)."),
+      seed=d.DEFINE_integer("seed", None, "Seed of the runs and the task splits (default: the "
+                            "SFT run's, as saved with its checkpoint)."),
+      eval=d.DEFINE_integer("eval_problems", 500, "Problems evaluated."),
+      eval_split=d.DEFINE_string("eval_split", "held_out", "held_out (the result) or "
+                                 "validation (for tuning)."),
+      hand_steps=d.DEFINE_list("hand_steps", list(HAND_STEPS), "Steps of the hand-schedule "
+                               "sweep (greedy; each must divide the generation length)."))
 
 
 def check_inputs(task: str, sft_checkpoint: str | None, modes, hand_steps, eval_split: str,
@@ -355,16 +363,16 @@ def write_plot(root: Path, results: dict) -> Path | None:
     return None
 
 
-def main(argv):
+def main(f: types.SimpleNamespace, argv):
   del argv
-  hand_steps = check_inputs(_TASK.value, _SFT.value, _MODES.value, _HAND_STEPS.value,
-                            _EVAL_SPLIT.value, _EVAL.value)
-  seed = check_sft_run(_TASK.value, _SFT.value, _SEED.value)
+  hand_steps = check_inputs(f.task.value, f.sft.value, f.modes.value, f.hand_steps.value,
+                            f.eval_split.value, f.eval.value)
+  seed = check_sft_run(f.task.value, f.sft.value, f.seed.value)
   start = time.time()
-  root = Path(_WORKDIR.value)
-  results = run(root, _TASK.value, _SFT.value, _MODES.value, hand_steps, seed=seed,
-                rl_updates=_UPDATES.value, eval_problems=_EVAL.value,
-                eval_split=_EVAL_SPLIT.value)
+  root = Path(f.workdir.value)
+  results = run(root, f.task.value, f.sft.value, f.modes.value, hand_steps, seed=seed,
+                rl_updates=f.updates.value, eval_problems=f.eval.value,
+                eval_split=f.eval_split.value)
   print(results["table"])
   path = write_plot(root, results)
   if path is not None:
@@ -373,4 +381,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main, required=["workdir", "sft_checkpoint"])
+  cli.run(functools.partial(main, define_flags()), required=["workdir", "sft_checkpoint"])

@@ -2,6 +2,7 @@
 only, there is no import cycle, and no function outgrows a screen."""
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,29 @@ def test_no_function_longer_than_80_lines():
         if n > 80:
           long.append(f"{name}.{node.name}: {n} lines")
   assert not long, long
+
+
+
+def _imported_by_tests() -> set[str]:
+  """Package modules that some test file imports in-process (module level or in a function)."""
+  found = set()
+  for path in Path(__file__).parent.glob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        found.update(a.name for a in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        found.add(node.module)
+        found.update(f"{node.module}.{a.name}" for a in node.names)
+  return found & set(MODULES)
+
+
+def test_the_modules_tests_import_coexist_in_one_process():
+  """Command modules define absl flags at import, and two defining one name cannot both be
+  imported in one process. A test worker may import any of the modules the tests import, so
+  they are all imported here at once: a clash fails deterministically, not only when xdist
+  happens to put two such tests on one worker. (A command module that tests import defines its
+  flags when run as a command, e.g. `cogrpo_compare.define_flags`.)"""
+  names = _imported_by_tests()
+  assert "mdpo_jax.cogrpo_compare" in names and "mdpo_jax.generate" in names
+  for name in sorted(names):
+    importlib.import_module(name)
