@@ -3,6 +3,7 @@ bytes equal those of the live arrays the real run setup makes, its compiled figu
 of an independent lowering of the loop's step on live arrays and a real batch, and a chip too
 small for the plan is told it does not fit."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -122,3 +123,12 @@ def test_cli_plans_a_mesh_for_every_chip(tmp_path):
     assert r["micro_batch"] == 4 and r["verdict"] == "fits"
     assert r["total"] == r["resident"] + max(p["extra"] for p in r["programs"])
   assert proc.stdout.count("| fits |") == len(hardware.CHIPS)
+
+
+@pytest.mark.parametrize("recipe", ["countdown_tiny_cogrpo", "stargraph_ilm"])
+def test_trainers_the_planner_does_not_model_are_a_one_line_error(recipe):
+  config = config_lib.parse(importlib.import_module(f"configs.{recipe}").get_config())
+  with pytest.raises(ValueError) as e:
+    plan_report.check_programs(config, None)
+  assert "\n" not in str(e.value)
+  assert str(e.value).startswith(f"trainer={config.trainer!r}: the memory planner does not")

@@ -186,8 +186,9 @@ def cogrpo_loss(forward_fn, theta, phi, rows, *, spec: sp.ScheduleSpec, mode: st
 # ----------------------------------------------------------------------------- the plug-in
 
 class CoGRPO:
-  """Co-GRPO as an RL algorithm (`rl/algorithms.py`), with the optional hooks `init_state`,
-  `rollout`, `make_update` and `finish` (its schedule policy is extra trainable state)."""
+  """Co-GRPO as an RL algorithm (`rl/algorithms.py`), with the optional hooks for extra
+  trainable state (`extra_params`, `extra_optimizer`, `trains`), `loss_context`, `rollout` and
+  `finish`."""
 
   name = "cogrpo"
   extra_name = "schedule"   # φ's metrics: schedule/...

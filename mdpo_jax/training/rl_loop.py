@@ -127,8 +127,7 @@ class _Learner:
     self.pool = RewardPool(run.task.reward, num_workers=rl.reward_workers,
                            timeout_s=rl.reward_timeout_s, key_fn=run.task.key)
     self.scorer = rollout.Scorer(run.tokenizer, self.pool, run.stop_ids)
-    custom_update = getattr(algorithm, "make_update", None)   # optional hook
-    self.update_fn = custom_update(run) if custom_update else make_update(algorithm, run)
+    self.update_fn = make_update(algorithm, run)
     temperature = algorithm.logp_temperature(rl)
     self.logprobs = logprob_fn(run.policy.sample_fn, temperature, rl.micro_batch)
     lora_on = run.policy.lora_cfg is not None   # the reference is the plain model either way
