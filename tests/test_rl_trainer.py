@@ -135,6 +135,12 @@ def test_rl_updates_resume_exactly(tmp_path, sft_checkpoint, dense_reward, recip
   assert all(np.isfinite(r["loss"]) for r in want)
   assert all(r["grad_norm"] > 1e-6 for r in want)   # the rewards give real gradients
   assert {r["block_length"] for r in want} <= {4.0, 8.0}
+  if "ratio_mean" in want[0]:   # per inner iteration: on-policy first, the logged mean of both
+    for r in want:
+      np.testing.assert_allclose(r["inner/0/ratio_mean"], 1.0, rtol=1e-5)
+      np.testing.assert_allclose((r["inner/0/ratio_mean"] + r["inner/1/ratio_mean"]) / 2,
+                                 r["ratio_mean"], rtol=1e-6)
+      assert r["inner/1/ratio_mean"] != 1.0 and 0.0 <= r["inner/1/clip_frac"] <= 1.0
 
   c.rl.num_updates = 1
   rl_loop.train(c, tmp_path / "resumed")

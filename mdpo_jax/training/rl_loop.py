@@ -174,6 +174,9 @@ class _Learner:
       state, out = self.update_fn(state, rows, policy.base)
       outs.append(out)
     out = run_lib.window_mean(outs)
+    if rl.inner_iters > 1:   # how the policy moves away from the rollouts' within an update
+      out.update({f"inner/{i}/{k}": float(o[k]) for i, o in enumerate(outs)
+                  for k in ("loss", "ratio_mean", "clip_frac") if k in o})
     groups = made.final_rewards.reshape(-1, rl.group_size)
     out.update({"reward/final_mean": float(made.final_rewards.mean()),
                 # groups whose rewards differ (binary: some right, some wrong): a learning signal
