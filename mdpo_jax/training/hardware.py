@@ -1,4 +1,5 @@
-"""Accelerators a run may be planned for: memory per chip, slice names, and the fit verdict.
+"""Accelerators a run may be planned for: memory per chip, slice names, and the fit verdict;
+and each chip's peak bf16 FLOP/s, the denominator of a benchmark's MFU (`peak_flops`).
 
 The memory planner (`training/memory_plan.py`, `python -m mdpo_jax.plan`) measures bytes per
 device; this module says how many devices a slice has and how much memory each one holds.
@@ -88,3 +89,63 @@ def verdict(total_bytes: int, hbm_bytes: int) -> str:
   if total_bytes <= hbm_bytes:
     return "tight"
   return "does not fit"
+
+
+# ----------------------------------------------------------------------------------------------
+# Peak dense bf16 matmul throughput per chip: the denominator of MFU (`benchmarks/accelerator.py`).
+# Dense figures (no 2:4 structured sparsity; NVIDIA's headline numbers are the sparse ones, twice
+# these). Sources, checked while writing this table:
+# - TPU v5e 197, v5p 459, v6e 918 TFLOP/s: "Peak compute per chip (bf16)" on
+#   cloud.google.com/tpu/docs/v5e, /v5p, /v6e;
+# - H100 SXM 989.4, H100 PCIe 756 (1,513 with sparsity, "1/2 lower without sparsity"), A100 312:
+#   NVIDIA's H100 / A100 datasheets (as tabulated by glennklockwood.com/garden/processors/h100 and
+#   /A100, and the datasheet copy at archive-lib.hpctech.co.jp/gpuproduct/nvidia-h100.html);
+# - H200 SXM 989: the same GH100 tensor cores as H100 SXM with more HBM (NVIDIA H200 datasheet;
+#   "FP16 / BF16 (dense) ~989 TFLOPS", itkb.uw.cz's H200 vs B300 comparison).
+# JAX's `device_kind` strings: TPUs "TPU v5 lite" (v5e), "TPU v5" (v5p), "TPU v6 lite" (v6e);
+# GPUs the CUDA name, e.g. "NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA A100-SXM4-80GB".
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PeakFlops:
+  chip: str
+  bf16_tflops: float   # dense, per chip (one JAX device)
+  source: str
+
+
+_GOOGLE = "cloud.google.com/tpu/docs/{}, peak compute per chip (bf16)"
+_TPU_PEAKS = {   # exact device_kind (lower case) → peak
+    "tpu v5 lite": PeakFlops("TPU v5e", 197.0, _GOOGLE.format("v5e")),
+    "tpu v5e": PeakFlops("TPU v5e", 197.0, _GOOGLE.format("v5e")),
+    "tpu v5": PeakFlops("TPU v5p", 459.0, _GOOGLE.format("v5p")),
+    "tpu v5p": PeakFlops("TPU v5p", 459.0, _GOOGLE.format("v5p")),
+    "tpu v6 lite": PeakFlops("TPU v6e", 918.0, _GOOGLE.format("v6e")),
+    "tpu v6e": PeakFlops("TPU v6e", 918.0, _GOOGLE.format("v6e")),
+}
+_GPU_PEAKS = (   # substring of device_kind (lower case) → peak; the first match wins
+    ("nvl", None),   # H100 / H200 NVL cards have a lower peak than SXM: not tabulated
+    ("h100 pcie", PeakFlops("H100 PCIe", 756.0, "NVIDIA H100 datasheet (dense bf16)")),
+    ("h100", PeakFlops("H100 SXM", 989.4, "NVIDIA H100 datasheet (dense bf16)")),
+    ("h200", PeakFlops("H200 SXM", 989.4, "NVIDIA H200 datasheet (dense bf16)")),
+    ("a100", PeakFlops("A100", 312.0, "NVIDIA A100 datasheet (dense bf16)")),
+)
+
+
+def peak_flops(device_kind: str, override_tflops: float | None = None) -> PeakFlops | None:
+  """The dense bf16 peak of a JAX `device_kind` (`jax.devices()[0].device_kind`), or None when
+  the chip is not in the table (MFU is then not reported). `override_tflops` (a benchmark's
+  `--peak_tflops`) wins over the table, for any device."""
+  if override_tflops is not None:
+    if not override_tflops > 0:
+      raise ValueError(f"--peak_tflops={override_tflops!r}: must be > 0")
+    return PeakFlops(device_kind, float(override_tflops), "--peak_tflops")
+  kind = device_kind.strip().lower()
+  if kind in _TPU_PEAKS:
+    return _TPU_PEAKS[kind]
+  if kind.startswith("tpu"):
+    return None
+  for pattern, peak in _GPU_PEAKS:
+    if pattern in kind:
+      return peak
+  return None
