@@ -85,7 +85,7 @@ def _tiny(config):
   c = tiny_run(config)
   c.train.checkpoint_every = 10   # a run's last update is always saved
   c.rl.prompts_per_update, c.rl.group_size, c.rl.top_k = 2, 4, 2
-  c.rl.gen_length, c.rl.steps, c.rl.block_lengths = 8, 4, (4, 8)
+  c.rl.gen_length, c.rl.steps, c.rl.block_lengths = 8, 4, (8,)   # one rollout program to compile
   c.rl.micro_batch = 8
   return c
 
@@ -121,6 +121,7 @@ def test_rl_updates_resume_exactly(tmp_path, sft_checkpoint, dense_reward, recip
   c = _tiny(recipe.get_config())
   c.model.init_checkpoint = sft_checkpoint
   c.model.lora_rank = rank
+  c.rl.block_lengths = (4, 8)   # the block drawn per update must replay on resume
   c.rl.beta, c.rl.inner_iters = beta, inner
   c.rl.filter, c.rl.filter_pool_size, c.rl.filter_refresh_updates = filt, 8, 1
   c.rl.num_updates = 2
