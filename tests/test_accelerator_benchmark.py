@@ -5,9 +5,9 @@
    gradient of a log-prob loss, on a tiny float32 LLaDA with GQA and its layers unrolled:
    agreement within 5% (measured: XLA counts 1.2% more for the forward, 1.6% for the gradient —
    the elementwise work of norms, RoPE, softmax, SwiGLU and the loss, which the standard count
-   leaves out). With `scan_layers=True` (the default) XLA's CPU cost analysis counts the scanned
-   layer body once, not once per layer: its figure is then that of a one-layer model — why the
-   benchmark counts FLOPs itself.
+   leaves out). (With `scan_layers=True`, the default, XLA's CPU cost analysis was seen to count
+   the scanned layer body once — why the benchmark counts FLOPs itself; that is XLA's behaviour,
+   not ours, so no test pins it.)
 2. The peak table: known device kinds found, unknown → None, `--peak_tflops` overrides.
 Nothing is timed here.
 """
@@ -66,15 +66,6 @@ def test_model_flops_matches_xla_cost_analysis():
     xla = _xla_flops(fn, params, tokens)
     # XLA also counts elementwise work the standard count leaves out: it may only be above.
     assert 1.0 <= xla / ours < 1.05, (training, xla, ours)
-
-
-def test_xla_counts_a_scanned_layer_once():
-  cfg = _tiny(scan_layers=True, n_layers=3)
-  params, tokens, forward, _ = _programs(cfg)
-  one_layer = accelerator.model_flops(cfg.replace(n_layers=1), _B, _L, training=False)
-  xla = _xla_flops(forward, params, tokens)
-  assert xla < 0.6 * accelerator.model_flops(cfg, _B, _L, training=False)
-  assert 1.0 <= xla / one_layer < 1.05, (xla, one_layer)
 
 
 def test_model_flops_is_the_standard_count():

@@ -271,11 +271,19 @@ def sample_categorical(
 
   if temperature == 0.0:
     return jnp.argmax(logits_xV, axis=-1).astype(jnp.int32)
+  return gumbel_max(rng, logits_xV, jnp.float32(temperature), top_k=top_k, top_p=top_p)
 
+
+def gumbel_max(rng: jax.Array, logits_xV: jax.Array, temperature_x1, *, top_k=None,
+               top_p=None) -> jax.Array:
+  """`sample_categorical`'s T > 0 draw with a *traced* temperature: a float32 scalar or an array
+  broadcastable to `logits_xV` (e.g. [B, 1, 1]: one T per row), every entry > 0 (unchecked:
+  the caller's). The same arithmetic and noise as `sample_categorical` at equal T."""
+  logits_xV = jnp.asarray(logits_xV).astype(jnp.float32)
   # Leader at 0 before scaling: rounding of z is relative to each token's gap, not to |logits|.
   max_x1 = jnp.max(logits_xV, axis=-1, keepdims=True)
   max_x1 = jnp.where(jnp.isfinite(max_x1), max_x1, jnp.zeros_like(max_x1))
-  z_xV = (logits_xV - max_x1) / jnp.float32(temperature)
+  z_xV = (logits_xV - max_x1) / temperature_x1
   z_xV = filter_logits(z_xV, top_k=top_k, top_p=top_p)
   g_xV = gumbel_noise(rng, z_xV.shape)
   return jnp.argmax(z_xV + g_xV, axis=-1).astype(jnp.int32)

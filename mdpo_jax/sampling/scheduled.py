@@ -7,9 +7,9 @@ Shapes stay static (a commit count is the `n` of a fixed-size `lax.top_k`), so o
 serves every sampled schedule. The loop is the scan sampler's (`sampler._Sampling`: blocks in a
 scan, a block's steps in a scan); only the step itself differs:
 
-* candidates: `argmax((logits − max)/T_b + Gumbel)` — `categorical.sample_categorical` with a
-  traced per-row T (same noise, same arithmetic: a schedule equal to the hand one gives the
-  plain sampler's tokens exactly);
+* candidates: `categorical.gumbel_max` — `sample_categorical`'s draw with a traced per-row T
+  (same noise, same arithmetic: a schedule equal to the hand one gives the plain sampler's
+  tokens exactly);
 * ranking: the confidence p(x0) (LLaDA's low_confidence), or with a ranking temperature τ_b,
   `log p(x0) + τ_b·Gumbel` (Gumbel-top-k: the n committed positions are drawn without
   replacement with probability ∝ p(x0)^(1/τ_b));
@@ -74,16 +74,6 @@ def tempered_logprob(logits_BxLxV, tokens_BxL, temperature_B):
   return chosen - jax.nn.logsumexp(z, axis=-1)
 
 
-def sample_tempered(rng, logits_BxLxV, temperature_B, config: SamplerConfig):
-  """`categorical.sample_categorical` at a traced per-row temperature (> 0)."""
-  max_Bx1x1 = jnp.max(logits_BxLxV, axis=-1, keepdims=True)
-  max_Bx1x1 = jnp.where(jnp.isfinite(max_Bx1x1), max_Bx1x1, jnp.zeros_like(max_Bx1x1))
-  z = (logits_BxLxV - max_Bx1x1) / temperature_B[:, None, None]
-  z = categorical.filter_logits(z, top_k=config.top_k, top_p=config.top_p)
-  g = categorical.gumbel_noise(rng, z.shape)
-  return jnp.argmax(z + g, axis=-1).astype(jnp.int32)
-
-
 class _ScheduledSampling(_Sampling):
   """`_Sampling` whose step reads its knobs from the schedule arrays at the global step t."""
 
@@ -98,7 +88,8 @@ class _ScheduledSampling(_Sampling):
                          self.prompt_BxL, cfg_B, config)
     temp_B = sch.temperature[:, t]
     step_rng, noise_rng = jax.random.split(jax.random.fold_in(self.rng, t))
-    cand_BxL = sample_tempered(step_rng, logits, temp_B, config)
+    cand_BxL = categorical.gumbel_max(step_rng, logits, temp_B[:, None, None],
+                                      top_k=config.top_k, top_p=config.top_p)
     conf_BxL = remask.confidence("low_confidence", logits, cand_BxL)
     rank_BxL = conf_BxL
     if sch.rank_temperature is not None:
