@@ -293,7 +293,7 @@ def schedule_series(results: dict) -> dict[str, dict[str, list[float]]]:
 
 def schedule_figure(series: dict, title: str = ""):
   """Three panels (tokens per step, temperature, ranking temperature) against the step."""
-  fig = plots._figure(10.0, 3.2)   # noqa: SLF001  (matplotlib optional: PlotError without it)
+  fig = plots.new_figure(10.0, 3.2)   # PlotError without matplotlib
   axes = fig.subplots(1, 3)
   labels = {"counts": "tokens committed", "temperature": "sampling temperature T",
             "rank_temperature": "ranking temperature τ"}

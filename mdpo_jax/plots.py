@@ -220,7 +220,8 @@ def _matplotlib():
   return Figure, FigureCanvasAgg
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+  """A blank matplotlib Figure of the plots' style (PlotError without matplotlib)."""
   figure_cls, canvas_cls = _matplotlib()
   fig = figure_cls(figsize=(width, height), dpi=110, layout="constrained")
   canvas_cls(fig)
@@ -305,7 +306,7 @@ def trajectory_figure(picture: TrajectoryPicture, title: str = "", tokenizer=Non
   from matplotlib import cm
   t_steps, g = picture.commit_step_TxG.shape
   cell_w, cell_h = min(0.34, 16.0 / g), min(0.34, 10.0 / t_steps)
-  fig = _figure(max(5.0, cell_w * g + 2.4), max(2.4, cell_h * t_steps + 1.7))
+  fig = new_figure(max(5.0, cell_w * g + 2.4), max(2.4, cell_h * t_steps + 1.7))
   ax = fig.add_subplot()
   rgb = trajectory_rgb(picture)
   ax.imshow(rgb, aspect="auto", interpolation="nearest")
@@ -349,7 +350,7 @@ def over_denoising_figure(curves: Mapping[str, StepCorrectness], title: str = ""
   """One colour per model; solid: x̂0_t right and the final answer right; dashed: x̂0_t right
   but the final answer wrong (the answer was found, then lost)."""
   ncol = 2 if len(curves) <= 2 and max(len(k) for k in curves) <= 12 else 1   # legend fits
-  fig = _figure(7.2, 4.0 + 0.22 * 2 * len(curves) / ncol)
+  fig = new_figure(7.2, 4.0 + 0.22 * 2 * len(curves) / ncol)
   ax = fig.add_subplot()
   colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
   for i, (label, c) in enumerate(curves.items()):
@@ -382,7 +383,7 @@ def training_figure(runs: Mapping[str, TrainingCurves | Mapping[str, TrainingCur
   seeds) draws one line per label."""
   runs = _runs(runs)
   columns = ("loss", "reward", "accuracy")
-  fig = _figure(11.0, 2.5 * len(runs) + 0.4)
+  fig = new_figure(11.0, 2.5 * len(runs) + 0.4)
   axes = fig.subplots(len(runs), len(columns), squeeze=False)
   for r, (name, lines) in enumerate(runs.items()):
     for col, ax in zip(columns, axes[r]):
