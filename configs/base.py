@@ -137,6 +137,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.threshold = 0.0       # > 0: also commit every token with confidence ≥ this (0 = off)
   c.eval.cfg_scale = 0.0       # unsupervised classifier-free guidance weight w ≥ 0 (SMDM; the
                                # prompt masked is the unconditional model; 0 = no guidance)
+  c.eval.head_chunk = 0        # > 0: the sampler applies the LM head this many positions at a
+                               # time (no [B, L, V] logits; cache none, no CFG; 0 = all at once)
 
   # ---- RL (trainer = mdpo | diffu_grpo) ------------------------------------------------------
   c.rl = ml_collections.ConfigDict()
@@ -154,8 +156,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.cache = "none"          # none | prefix | dual: KV cache of the rollout sampler (MDPO's
                                # per-step x̂0_t record stays complete; positions outside the
                                # cache window carry their last prediction)
+  c.rl.head_chunk = 0          # > 0: LM head over this many positions at a time in rollouts
+                               # (memory; needs rl.cache none; see eval.head_chunk)
   c.rl.clip_eps = 0.2          # PPO clip (diffu-GRPO reference: 0.5)
   c.rl.beta = 0.0              # KL weight; 0 → no reference model in memory (MDPO: k2, d1: k3)
+  c.rl.loss_normalisation = "example_mean"  # MDPO batch reduction: example_mean (each example
+                               # weighs the same) | batch_tokens (the reference's Σ / Σ|M|)
   c.rl.prompt_mask_prob = 0.15  # diffu-GRPO: prompt tokens masked in the one-step estimate
   c.rl.filter = "none"         # none | over_denoising (keep prompts with right-then-wrong greedy)
   c.rl.filter_pool_size = 512  # training prompts scanned by the filter each refresh

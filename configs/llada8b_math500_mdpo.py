@@ -47,6 +47,8 @@ def get_config():
   c.rl.beta = 0.02
   c.rl.filter = "over_denoising"
   c.rl.reward_workers = 16
+  c.rl.head_chunk = 32   # LM head over 32 positions at a time: no [128, 768, 126k] logits
   c.eval.gen_length, c.eval.block_length, c.eval.steps = 512, 512, (256,)
   c.eval.batch_size = 32
+  c.eval.head_chunk = 32
   return c

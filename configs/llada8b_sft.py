@@ -43,4 +43,5 @@ def get_config():
   c.eval.gen_length = 256
   c.eval.block_length = 32
   c.eval.steps = (256, 64)
+  c.eval.head_chunk = 32       # the sampler's LM head over 32 positions at a time
   return c

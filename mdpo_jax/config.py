@@ -28,7 +28,7 @@ from mdpo_jax import parallel
 from mdpo_jax import tasks as tasks_lib
 from mdpo_jax.data import generated
 from mdpo_jax.models import families, llada, lora
-from mdpo_jax.rl import algorithms, cogrpo, schedule_policy
+from mdpo_jax.rl import algorithms, cogrpo, mdpo, schedule_policy
 from mdpo_jax.sampling import fhs, sampler
 from mdpo_jax.training import optim as optim_lib
 
@@ -218,6 +218,7 @@ class EvalConfig(_Section):
   cache: str
   threshold: float
   cfg_scale: float
+  head_chunk: int
 
 
 @_frozen
@@ -234,8 +235,10 @@ class RLConfig(_Section):
   block_lengths: tuple[int, ...]
   remasking: str
   cache: str
+  head_chunk: int
   clip_eps: float
   beta: float
+  loss_normalisation: str
   prompt_mask_prob: float
   filter: str
   filter_pool_size: int
@@ -468,6 +471,7 @@ _RULES: dict[str, dict[str, Rule]] = {
         "sampler": _one_of(fhs.SAMPLERS), "cache": _one_of(sampler.CACHES),
         "threshold": _within(0, 1),
         "cfg_scale": _at_least(0, "must be ≥ 0 (unsupervised CFG weight w; 0 = no guidance)"),
+        "head_chunk": _at_least(0, "must be ≥ 0 (0 = the whole sequence at once)"),
     },
     "rl": {   # applied for RL trainers only
         **{k: _POSITIVE for k in ("num_updates", "prompts_per_update", "top_k", "inner_iters",
@@ -476,7 +480,9 @@ _RULES: dict[str, dict[str, Rule]] = {
         "group_size": _at_least(2, "group-relative advantages need ≥ 2"),
         "temperature": _above(0, "rollouts must sample (T > 0)"),
         "remasking": _one_of(sampler.REMASKING), "cache": _one_of(sampler.CACHES),
+        "head_chunk": _at_least(0, "must be ≥ 0 (0 = the whole sequence at once)"),
         "clip_eps": _within(0, 1, open_high=True), "beta": _NON_NEGATIVE,
+        "loss_normalisation": _one_of(mdpo.LOSS_NORMALISATIONS),
         "prompt_mask_prob": _within(0, 1), "filter": _one_of(FILTERS),
         "prompt_source": _one_of(PROMPT_SOURCES), "fresh_size": _NON_NEGATIVE,
         "reward_workers": _at_least(0, "must be ≥ 0 (0 = inline)"),
@@ -614,12 +620,17 @@ def _check_eval(c: RunConfig) -> None:
     raise ValueError(f"eval.cache={ev.cache!r}, eval.threshold={ev.threshold!r}: fast sampling "
                      "applies to eval.sampler='llada' only (use 'none' and 0 with 'fhs'; 'ar' "
                      "also takes cache='prefix')")
+  if first_hitting and ev.head_chunk:
+    raise ValueError(f"eval.head_chunk={ev.head_chunk}: eval.sampler={ev.sampler!r} computes "
+                     "whole logits; allowed: 0 (head_chunk is for eval.sampler='llada')")
   for steps in (ev.gen_length,) if first_hitting else ev.steps:
     for remasking in ("random",) if first_hitting else ev.remasking:
       try:
         sampler.SamplerConfig(gen_length=ev.gen_length, block_length=ev.block_length,
                               steps=steps, remasking=remasking, temperature=ev.temperature,
-                              cache=ev.cache, threshold=ev.threshold or None)
+                              cache=ev.cache, threshold=ev.threshold or None,
+                              cfg_scale=ev.cfg_scale,
+                              head_chunk=0 if first_hitting else ev.head_chunk)
       except ValueError as e:
         raise ValueError(str(e).replace("SamplerConfig.", "eval.")) from None
 
@@ -648,8 +659,14 @@ def _check_rl(c: RunConfig) -> None:
     if rl.fresh_size < 1:
       raise ValueError(f"rl.fresh_size={rl.fresh_size}: must be ≥ 1 with "
                        "rl.prompt_source='fresh'")
+  if rl.head_chunk and rl.cache != "none":
+    raise ValueError(f"rl.head_chunk={rl.head_chunk}: allowed 0 with rl.cache={rl.cache!r} "
+                     "(chunking the LM head needs rl.cache='none')")
   if c.trainer == "cogrpo":
     _check_cogrpo(rl)
+  if c.trainer != "mdpo" and rl.loss_normalisation != "example_mean":
+    raise ValueError(f"rl.loss_normalisation={rl.loss_normalisation!r}: trainer={c.trainer!r} "
+                     "allows 'example_mean' (the option is MDPO's loss reduction)")
   if c.trainer == "mdpo" and rl.top_k > rl.steps:
     raise ValueError(f"rl.top_k={rl.top_k} must be ≤ rl.steps={rl.steps}")
   n_rows = rl.prompts_per_update * rl.group_size * _rl_rows_per_rollout(c)
@@ -664,7 +681,7 @@ def _check_cogrpo(rl: RLConfig) -> None:
   if len(rl.block_lengths) != 1:
     raise ValueError(f"rl.block_lengths={rl.block_lengths!r}: trainer='cogrpo' allows one block "
                      "length (the learned schedule is per step of a fixed block layout)")
-  for name, allowed in (("remasking", "low_confidence"), ("cache", "none")):
+  for name, allowed in (("remasking", "low_confidence"), ("cache", "none"), ("head_chunk", 0)):
     if getattr(rl, name) != allowed:
       raise ValueError(f"rl.{name}={getattr(rl, name)!r}: trainer='cogrpo' allows {allowed!r} "
                        "(the scheduled sampler)")
@@ -732,7 +749,7 @@ def _check_keys(tree: dict) -> None:
 # rewards are computed in parallel. The rest change what a step computes (shapes, data, the
 # objective) and must match the checkpoint's config unless `train.resume_allow` names them.
 RESUME_FREE = ("mesh", "train", "eval", "logging", "model.remat", "rl.num_updates", "rl.cache",
-               "rl.reward_workers", "rl.reward_timeout_s")
+               "rl.head_chunk", "rl.reward_workers", "rl.reward_timeout_s")
 
 
 def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -179,12 +180,32 @@ def shard_batch(batch, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RU
   """
   def place(x):
     sharding = batch_sharding(mesh, np.ndim(x), rules)
-    data_size = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+    data_size = data_degree(mesh)
     if np.shape(x)[0] % data_size:
       raise ValueError(f"batch size {np.shape(x)[0]} is not divisible by the data-parallel "
                        f"degree data×fsdp = {data_size}")
     return jax.device_put(x, sharding)
   return jax.tree.map(place, batch)
+
+
+def data_degree(mesh: Mesh) -> int:
+  """How many ways a batch is split: the product of the data-parallel axes (data × fsdp)."""
+  return math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+
+
+def shard_rows(x, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES):
+  """A host [N, ...] array split over the data axes when data × fsdp divides N (as
+  `shard_batch`), else unchanged (jit then holds it whole on every device)."""
+  if np.shape(x)[0] % data_degree(mesh):
+    return x
+  return jax.device_put(x, batch_sharding(mesh, np.ndim(x), rules))
+
+
+def to_host(x) -> np.ndarray:
+  """The whole of a (possibly sharded, possibly multi-process) array as a host NumPy array."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def initialize_distributed() -> None:

@@ -50,26 +50,34 @@ def positions_per_chunk(batch: int, length: int, vocab: int,
   return max(1, min(length, chunk_bytes // (4 * batch * vocab)))
 
 
-def chunked_scores(hidden_BxLxD: Array, head: Callable[[Array], Array], targets_BxL: Array,
-                   score: Score, chunk: int) -> Array:
-  """`score(head(hidden), targets)` computed `chunk` positions at a time: [B, L] float32.
+def map_positions(hidden_BxLxD: Array, fn: Callable, chunk: int, *arrays_BxL: Array):
+  """`fn(hidden_BxCxD, positions_C, *arrays_BxC)` on `chunk` positions at a time (a `lax.map`),
+  its [B, C] outputs (any pytree of them) joined back to [B, L].
 
-  The positions are padded up to a multiple of `chunk` (the padding is scored and dropped)."""
+  The positions are padded up to a multiple of `chunk` (padding is computed and dropped);
+  `positions_C` are the chunk's indices into the unpadded sequence (≥ L on padding)."""
   b, length, d = hidden_BxLxD.shape
   n = -(-length // chunk)
   pad = n * chunk - length
   if pad:
     hidden_BxLxD = jnp.pad(hidden_BxLxD, ((0, 0), (0, pad), (0, 0)))
-    targets_BxL = jnp.pad(targets_BxL, ((0, 0), (0, pad)))
-  hidden_NxBxCxD = hidden_BxLxD.reshape(b, n, chunk, d).swapaxes(0, 1)
-  targets_NxBxC = targets_BxL.reshape(b, n, chunk).swapaxes(0, 1)
+    arrays_BxL = tuple(jnp.pad(a, ((0, 0), (0, pad))) for a in arrays_BxL)
+  split = lambda a: a.reshape(b, n, chunk, *a.shape[2:]).swapaxes(0, 1)  # noqa: E731
+  positions_NxC = jnp.arange(n * chunk).reshape(n, chunk)
+  out = jax.lax.map(lambda xs: fn(*xs),
+                    (split(hidden_BxLxD), positions_NxC, *map(split, arrays_BxL)))
+  return jax.tree.map(lambda o: o.swapaxes(0, 1).reshape(b, n * chunk)[:, :length], out)
+
+
+def chunked_scores(hidden_BxLxD: Array, head: Callable[[Array], Array], targets_BxL: Array,
+                   score: Score, chunk: int) -> Array:
+  """`score(head(hidden), targets)` computed `chunk` positions at a time: [B, L] float32."""
 
   @jax.checkpoint   # backward: recompute this chunk's logits rather than keep every chunk's
   def one(h_BxCxD, t_BxC):
     return score(head(h_BxCxD), t_BxC)
 
-  scores_NxBxC = jax.lax.map(lambda xs: one(*xs), (hidden_NxBxCxD, targets_NxBxC))
-  return scores_NxBxC.swapaxes(0, 1).reshape(b, n * chunk)[:, :length]
+  return map_positions(hidden_BxLxD, lambda h, _, t: one(h, t), chunk, targets_BxL)
 
 
 def per_position(forward_fn: Callable, params, tokens_BxL: Array, targets_BxL: Array,

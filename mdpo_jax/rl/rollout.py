@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from mdpo_jax import parallel
 from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.rl import advantages as adv_lib
 from mdpo_jax.sampling.sampler import SamplerConfig, Trajectory, generate
@@ -35,15 +36,21 @@ class RolloutBatch:
 
 def sample(forward_fn: Callable, params, prompts_BxP: np.ndarray, prompt_mask_BxP: np.ndarray,
            problems: Sequence, sampler_config: SamplerConfig, rng: jax.Array, *,
-           group_size: int, with_trajectory: bool = True) -> RolloutBatch:
-  """G samples per prompt in one `generate` call (the batch is B·G rows)."""
+           group_size: int, with_trajectory: bool = True,
+           place: Callable | None = None) -> RolloutBatch:
+  """G samples per prompt in one `generate` call (the batch is B·G rows).
+
+  `place` puts the repeated host prompts (and mask) on devices, e.g. split over the data axes
+  (`parallel.shard_rows`), so that every device samples its own rows; the results come back
+  whole to every host (`parallel.to_host`). None: jit holds the prompts whole on each device."""
   prompts = np.repeat(np.asarray(prompts_BxP), group_size, axis=0)
   mask = np.repeat(np.asarray(prompt_mask_BxP), group_size, axis=0)
-  out = generate(forward_fn, params, prompts, sampler_config, rng, prompt_mask=mask,
-                 return_trajectory=with_trajectory)
+  place = place or (lambda x: x)
+  out = generate(forward_fn, params, place(prompts), sampler_config, rng,
+                 prompt_mask=place(mask), return_trajectory=with_trajectory)
   tokens, traj = out if with_trajectory else (out, None)
-  traj = jax.tree.map(np.asarray, traj) if traj is not None else None
-  return RolloutBatch(prompts, mask, np.asarray(tokens), traj,
+  traj = jax.tree.map(parallel.to_host, traj) if traj is not None else None
+  return RolloutBatch(prompts, mask, parallel.to_host(tokens), traj,
                       [p for p in problems for _ in range(group_size)], group_size)
 
 

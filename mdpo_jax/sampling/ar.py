@@ -112,6 +112,7 @@ def generate(forward_fn: Callable, params, prompt_BxP, config: sampler.SamplerCo
   one the predictions would see the mask tokens ahead. `rng`: one key or one per row.
   """
   prompt_mask = sampler.checked_inputs(prompt_BxP, prompt_mask, config)
+  sampler.only_whole_logits(config, "autoregressive")
   fhs._check_keys(prompt_BxP, rng)
   config = check_config(config)
   sampler.check_cache_contract(forward_fn, config)

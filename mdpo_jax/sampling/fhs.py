@@ -169,6 +169,7 @@ def generate(forward_fn: Callable, params, prompt_BxP, config: sampler.SamplerCo
   only, so a row's result does not depend on the batch it is run in.
   """
   prompt_mask = sampler.checked_inputs(prompt_BxP, prompt_mask, config)
+  sampler.only_whole_logits(config, "first-hitting")
   _check_keys(prompt_BxP, rng)
   if config.cache != "none" or config.threshold is not None:
     raise ValueError(f"SamplerConfig.cache={config.cache!r}, threshold={config.threshold!r}: "

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdpo_jax.diffusion import guidance
+from mdpo_jax.diffusion import chunked, guidance
 from mdpo_jax.sampling import categorical, guards, remask
 
 REMASKING = ("low_confidence", "random", "margin", "entropy", "rcr")
@@ -78,6 +78,12 @@ class SamplerConfig:
     cache="none"'s (at T = 0 it differs only through the cache's approximation).
   vocab_size: the model's vocabulary (`for_model` sets it); `generate` then rejects prompt ids
     outside [0, vocab_size). None: only negative ids are rejected.
+  head_chunk: 0 (default) computes each step's float32 logits [B, L, V] at once. N > 0 applies
+    the LM head N positions at a time (the forward's `return_head` contract) and keeps only
+    each position's candidate, confidence and score, so a step never holds [B, L, V] logits
+    (LLaDA-8B: 49.7 GB for 128 rollouts × 768 positions). Its noise is drawn per position
+    (key `fold_in(step key, position)`), so the tokens do not depend on N; at T > 0 they differ
+    from head_chunk=0's stream (at T = 0 they are the same). Needs cache="none", cfg_scale=0.
 
   Every error is one line, `SamplerConfig.field=value: allowed ...`. Numbers are stored as
   Python ints/floats (numpy scalars are accepted), so equal settings hash equal.
@@ -102,6 +108,7 @@ class SamplerConfig:
   cache: str = "none"
   cache_refresh: int = 0
   threshold: float | None = None
+  head_chunk: int = 0
 
   def __post_init__(self):
     self._check_lengths()
@@ -157,6 +164,15 @@ class SamplerConfig:
     self._set("cache_refresh", int(self.cache_refresh))
     if self.cache_refresh and self.cache == "none":
       raise _bad("cache_refresh", self.cache_refresh, "0 when cache='none' (nothing to refresh)")
+    self._check_head_chunk()
+
+  def _check_head_chunk(self) -> None:
+    if not _is_int(self.head_chunk) or self.head_chunk < 0:
+      raise _bad("head_chunk", self.head_chunk, "an integer ≥ 0 (0 = the whole sequence)")
+    self._set("head_chunk", int(self.head_chunk))
+    if self.head_chunk and (self.cache != "none" or self.cfg_scale > 0):
+      raise _bad("head_chunk", self.head_chunk, f"0 with cache={self.cache!r} and "
+                 f"cfg_scale={self.cfg_scale} (chunking needs cache='none', cfg_scale=0)")
 
   def _check_ids(self) -> None:
     if self.vocab_size is not None:
@@ -229,12 +245,18 @@ def _model_logits(forward_fn, params, x_BxL, attn_BxL, prompt_BxL, config: Sampl
   else:
     out = forward_fn(params, x_BxL, attention_mask=attn_BxL, **cache_kwargs)
   logits, cache = out if cache_kwargs.get("return_cache") else (out, None)
-  # The mask token is never a candidate: committing it would leave a "committed" position masked
-  # (trained models never predict it; an untrained or fine-tuned one might).
-  logits = logits.astype(jnp.float32).at[..., config.mask_id].set(-jnp.inf)
-  if config.eos_logit_neg_inf:
-    logits = logits.at[..., config.eos_id].set(-jnp.inf)
+  logits = _forbid(logits, config)
   return (logits, cache) if cache_kwargs.get("return_cache") else logits
+
+
+def _forbid(logits_xV, config: SamplerConfig):
+  """Float32 logits with the mask token (and EOS, if asked) made impossible. The mask token is
+  never a candidate: committing it would leave a "committed" position masked (trained models
+  never predict it; an untrained or fine-tuned one might)."""
+  logits_xV = logits_xV.astype(jnp.float32).at[..., config.mask_id].set(-jnp.inf)
+  if config.eos_logit_neg_inf:
+    logits_xV = logits_xV.at[..., config.eos_id].set(-jnp.inf)
+  return logits_xV
 
 
 def _step_scores(config: SamplerConfig, logits_BxWxV, x0_BxW):
@@ -326,14 +348,50 @@ class _Sampling:
     """Masked generated positions at or before the current block's end: the block's work."""
     return (x_BxL == self.config.mask_id) & in_reach_L & self.generated_L
 
-  def scores(self, state: _State, logits_BxWxV, start, t):
-    """Candidates, confidences and ranking scores of the whole sequence after this step: the
-    window's fresh ones written over the last known ones."""
+  def step_keys(self, t):
+    """(sampling key, random-remasking key) of the global step t."""
+    return jax.random.split(jax.random.fold_in(self.rng, t))
+
+  def window(self, logits_BxWxV, t):
+    """(candidates, confidences, ranking scores) [B, W] of the positions these logits are of."""
     config = self.config
-    step_rng, noise_rng = jax.random.split(jax.random.fold_in(self.rng, t))
-    cand_BxW = categorical.sample_categorical(step_rng, logits_BxWxV, config.temperature,
-                                              top_k=config.top_k, top_p=config.top_p)
-    conf_BxW, score_BxW = _step_scores(config, logits_BxWxV, cand_BxW)
+    cand_BxW = categorical.sample_categorical(self.step_keys(t)[0], logits_BxWxV,
+                                              config.temperature, top_k=config.top_k,
+                                              top_p=config.top_p)
+    return (cand_BxW, *_step_scores(config, logits_BxWxV, cand_BxW))
+
+  def chunked_window(self, x_BxL, t):
+    """`window` of the whole sequence with the LM head applied `head_chunk` positions at a
+    time; each position draws its noise from its own key, so chunking changes nothing."""
+    config = self.config
+    hidden_BxLxD, head = self.forward_fn(self.params, x_BxL, attention_mask=self.attn_BxL,
+                                         return_head=True)
+    step_rng = self.step_keys(t)[0]
+
+    def draw(key, logits_BxV):
+      return categorical.sample_categorical(key, logits_BxV, config.temperature,
+                                            top_k=config.top_k, top_p=config.top_p)
+
+    def one(h_BxCxD, pos_C):
+      logits_BxCxV = _forbid(head(h_BxCxD), config)
+      keys_C = jax.vmap(jax.random.fold_in, (None, 0))(step_rng, pos_C)
+      cand_BxC = jax.vmap(draw, in_axes=(0, 1), out_axes=1)(keys_C, logits_BxCxV)
+      return (cand_BxC, *_step_scores(config, logits_BxCxV, cand_BxC))
+
+    return chunked.map_positions(hidden_BxLxD, one, config.head_chunk)
+
+  def full_window(self, x_BxL, t):
+    """`window` of every position from a full forward (cache='none')."""
+    if self.config.head_chunk:
+      return self.chunked_window(x_BxL, t)
+    return self.window(self.model(x_BxL), t)
+
+  def scores(self, state: _State, window, start, t):
+    """Candidates, confidences and ranking scores of the whole sequence after this step: the
+    window's fresh ones (`window`'s triple, from `start`) written over the last known ones."""
+    config = self.config
+    cand_BxW, conf_BxW, score_BxW = window
+    noise_rng = self.step_keys(t)[1]
     at = (0, start)
     cand_BxL = jax.lax.dynamic_update_slice(state.cand_BxL, cand_BxW, at)
     conf_BxL = jax.lax.dynamic_update_slice(state.conf_BxL, conf_BxW, at)
@@ -342,10 +400,11 @@ class _Sampling:
       score_BxL = jax.random.uniform(noise_rng, (self.batch, self.total), jnp.float32)
     return cand_BxL, conf_BxL, score_BxL
 
-  def decide(self, state: _State, logits_BxWxV, start, t, i, in_reach_L):
-    """One step from the logits of the window [start, start + W): (next state, record)."""
+  def decide(self, state: _State, window, start, t, i, in_reach_L):
+    """One step from the `window` triple of positions [start, start + W): (next state,
+    record)."""
     config, tau = self.config, self.tau
-    cand_BxL, conf_BxL, score_BxL = self.scores(state, logits_BxWxV, start, t)
+    cand_BxL, conf_BxL, score_BxL = self.scores(state, window, start, t)
     rank_BxL = score_BxL
     if config.eos_confidence_neg_inf:
       is_end = (cand_BxL == config.eos_id) | (cand_BxL == config.eot_id)
@@ -404,22 +463,25 @@ class _Sampling:
     t0 = b * spb
     if config.cache == "none":
       def step(state, i):
-        work = lambda s: self.decide(s, self.model(s.x_BxL), 0, t0 + i, i, in_reach_L)
+        work = lambda s: self.decide(s, self.full_window(s.x_BxL, t0 + i), 0, t0 + i, i,  # noqa: E731
+                                     in_reach_L)
         return self.unless_done(work, self.idle, state, in_reach_L)
       return jax.lax.scan(step, state, jnp.arange(spb))
 
     logits_BxLxV, cache = self.model(state.x_BxL, return_cache=True)   # a block starts: refresh
-    state, record0 = self.decide(state, logits_BxLxV, 0, t0, 0, in_reach_L)
+    state, record0 = self.decide(state, self.window(logits_BxLxV, t0), 0, t0, 0, in_reach_L)
 
     def cached_step(carry, i):
       def windowed(state, cache):
         logits_BxWxV = self.model(state.x_BxL, cache=cache, window_start=start,
                                   window_width=width)
-        return (*self.decide(state, logits_BxWxV, start, t0 + i, i, in_reach_L), cache)
+        return (*self.decide(state, self.window(logits_BxWxV, t0 + i), start, t0 + i, i,
+                             in_reach_L), cache)
 
       def refreshed(state, cache):   # a full step, as at the block's start
         logits_BxLxV, cache = self.model(state.x_BxL, return_cache=True)
-        return (*self.decide(state, logits_BxLxV, 0, t0 + i, i, in_reach_L), cache)
+        return (*self.decide(state, self.window(logits_BxLxV, t0 + i), 0, t0 + i, i,
+                             in_reach_L), cache)
 
       def work(state, cache):
         if not config.cache_refresh:
@@ -500,6 +562,21 @@ def check_cache_contract(forward_fn: Callable, config: SamplerConfig) -> None:
                      "cache='none'")
 
 
+def only_whole_logits(config: SamplerConfig, sampler_name: str) -> None:
+  """One line for a sampler that computes whole logits when `head_chunk` asks otherwise."""
+  if config.head_chunk:
+    raise ValueError(f"SamplerConfig.head_chunk={config.head_chunk}: the {sampler_name} "
+                     "sampler computes the whole logits; allowed: 0")
+
+
+def check_head_contract(forward_fn: Callable, config: SamplerConfig) -> None:
+  """head_chunk > 0 needs a forward with `return_head` (`llada.forward`'s contract)."""
+  if config.head_chunk and not chunked.takes_head(forward_fn):
+    name = getattr(getattr(forward_fn, "func", forward_fn), "__qualname__", repr(forward_fn))
+    raise ValueError(f"SamplerConfig.head_chunk={config.head_chunk}: forward_fn {name} has no "
+                     "return_head parameter (llada.forward's contract); allowed with it: 0")
+
+
 def generate(forward_fn: Callable, params, prompt_BxP, config: SamplerConfig, rng: jax.Array, *,
              prompt_mask=None, return_trajectory: bool = False, return_nfe: bool = False):
   """Sample `config.gen_length` tokens after each (left-padded) prompt.
@@ -519,6 +596,7 @@ def generate(forward_fn: Callable, params, prompt_BxP, config: SamplerConfig, rn
   """
   prompt_mask = checked_inputs(prompt_BxP, prompt_mask, config)
   check_cache_contract(forward_fn, config)
+  check_head_contract(forward_fn, config)
   tokens, trajectory, nfe = _generate_jit(static_callable(forward_fn), params, prompt_BxP,
                                           prompt_mask, rng, config=config,
                                           return_trajectory=return_trajectory)

@@ -46,7 +46,7 @@ class Schedule(NamedTuple):
 def check_config(config: SamplerConfig) -> None:
   """The sampler settings a scheduled rollout supports (one-line errors)."""
   for name, want in (("remasking", "low_confidence"), ("confidence_from", "logits"),
-                     ("cache", "none"), ("threshold", None)):
+                     ("cache", "none"), ("threshold", None), ("head_chunk", 0)):
     if getattr(config, name) != want:
       raise ValueError(f"SamplerConfig.{name}={getattr(config, name)!r}: the scheduled sampler "
                        f"(Co-GRPO) allows {want!r}")

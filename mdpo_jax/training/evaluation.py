@@ -54,6 +54,7 @@ class Setting:
   cache: str = "none"        # the scan sampler's KV cache: none | prefix | dual
   threshold: float = 0.0     # confidence-threshold decoding (0 = off)
   cfg_scale: float = 0.0     # unsupervised classifier-free guidance weight w (0 = off)
+  head_chunk: int = 0        # LM head over this many positions at a time (0 = all at once)
 
   def __post_init__(self):
     if self.sampler not in fhs.SAMPLERS:
@@ -82,7 +83,8 @@ class Setting:
     return SamplerConfig.for_model(model_cfg, gen_length=gen_length, block_length=block_length,
                                    steps=self.steps, remasking=self.remasking,
                                    temperature=self.temperature, cache=self.cache,
-                                   threshold=self.threshold or None, cfg_scale=self.cfg_scale)
+                                   threshold=self.threshold or None, cfg_scale=self.cfg_scale,
+                                   head_chunk=self.head_chunk)
 
 
 def settings_from_config(ev) -> list[Setting]:
@@ -95,7 +97,7 @@ def settings_from_config(ev) -> list[Setting]:
     return [Setting(int(ev.gen_length), "low_confidence", float(ev.temperature), "ar",
                     cache=ev.cache)]
   return [Setting(int(s), r, float(ev.temperature), cache=ev.cache,
-                  threshold=float(ev.threshold), cfg_scale=w)
+                  threshold=float(ev.threshold), cfg_scale=w, head_chunk=int(ev.head_chunk))
           for s in ev.steps for r in ev.remasking]
 
 

@@ -289,10 +289,16 @@ def _logprob_programs(ab: Abstract, algorithm, rows) -> list[Lowering]:
 
 
 def _sampler_lowering(ab: Abstract, sample, forward_fn, params, rows: int,
-                      sc: SamplerConfig, trajectory: bool, resident: int):
-  """`sample(forward_fn, params, prompts, sc, key, ...)` on `rows` replicated host prompts."""
+                      sc: SamplerConfig, trajectory: bool, resident: int, *,
+                      split_rows: bool = False):
+  """`sample(forward_fn, params, prompts, sc, key, ...)` on `rows` host prompts: replicated, or
+  with `split_rows` placed as `parallel.shard_rows` places them (the RL loop's rollouts)."""
   p = ab.config.data.prompt_len
-  prompts = _replicated(ab.mesh, jax.ShapeDtypeStruct((rows, p), jnp.int32))
+  prompts = jax.ShapeDtypeStruct((rows, p), jnp.int32)
+  if split_rows and rows % parallel.data_degree(ab.mesh) == 0:
+    prompts = _batch(ab.mesh, ab.rules, prompts)
+  else:
+    prompts = _replicated(ab.mesh, prompts)
   key = _replicated(ab.mesh, jax.eval_shape(lambda: jax.random.key(0)))
   fn = jax.jit(lambda params, prompts, mask, rng: sample(
       forward_fn, params, prompts, sc, rng, prompt_mask=mask, return_trajectory=trajectory))
@@ -300,8 +306,9 @@ def _sampler_lowering(ab: Abstract, sample, forward_fn, params, rows: int,
 
 
 def _rollout_programs(ab: Abstract, algorithm) -> list[Lowering]:
-  """`rollout.sample`'s `generate` call: B·G rows, the sampler `_Learner.sampler_config` builds
-  for each block length, the trajectory record when the algorithm uses it."""
+  """`rollout.sample`'s `generate` call: B·G rows split over the data axes, the sampler
+  `_Learner.sampler_config` builds for each block length, the trajectory record when the
+  algorithm uses it."""
   rl = ab.config.rl
   params = ab.policy.sample_params(ab.state.params)
   resident = tree_bytes(params)
@@ -309,10 +316,10 @@ def _rollout_programs(ab: Abstract, algorithm) -> list[Lowering]:
   for block in sorted(set(rl.block_lengths)):
     sc = SamplerConfig.for_model(ab.model_cfg, gen_length=rl.gen_length, block_length=block,
                                  steps=rl.steps, remasking=rl.remasking, cache=rl.cache,
-                                 temperature=rl.temperature)
+                                 temperature=rl.temperature, head_chunk=rl.head_chunk)
     lower = (lambda sc=sc: _sampler_lowering(
         ab, generate, ab.policy.sample_fn, params, rl.prompts_per_update * rl.group_size, sc,
-        algorithm.uses_trajectory, resident))
+        algorithm.uses_trajectory, resident, split_rows=True))
     out.append(Lowering("rollout", f"rollout (block {block})", None, None, lower))
   return out
 

@@ -143,7 +143,8 @@ class _Learner:
     kw = {} if temperature is None else {"temperature": temperature}
     return SamplerConfig.for_model(self.run.model_cfg, gen_length=self.rl.gen_length,
                                    block_length=block, steps=self.rl.steps,
-                                   remasking=self.rl.remasking, cache=self.rl.cache, **kw)
+                                   remasking=self.rl.remasking, cache=self.rl.cache,
+                                   head_chunk=self.rl.head_chunk, **kw)
 
   def refresh_filter(self, update: int, params) -> None:
     """MDPO's over-denoising filter (SPEC §4.7), recomputed every `rl.filter_refresh_updates`."""
@@ -195,7 +196,11 @@ class _Learner:
     if custom is not None:
       return custom(policy.sample_fn, args[0], state, *args[1:], config, key, rl)
     return rollout.sample(policy.sample_fn, *args, config, key, group_size=rl.group_size,
-                          with_trajectory=self.algorithm.uses_trajectory)
+                          with_trajectory=self.algorithm.uses_trajectory, place=self.place_rows)
+
+  def place_rows(self, x):
+    """Rollout prompts split over the data axes (each device samples its share of the rows)."""
+    return parallel.shard_rows(x, self.run.mesh, self.run.rules)
 
   def _with_logprobs(self, rows, state):
     """The rows on the mesh, with old-policy / reference log-probs where the loss needs them."""
@@ -300,7 +305,7 @@ def over_denoising_candidates(learner: _Learner, params, *, seed: int) -> np.nda
     sl = idx[start:start + bs]
     batch = rollout.sample(run.policy.sample_fn, params, learner.prompts_all[sl],
                            learner.pmask_all[sl], [learner.problems[i] for i in sl], sc,
-                           jax.random.key(0), group_size=1)
+                           jax.random.key(0), group_size=1, place=learner.place_rows)
     r_NxT, _ = learner.scorer.step_rewards(batch)
     keep.extend(sl[rollout.over_denoised(r_NxT, r_NxT[:, -1])].tolist())
   return np.asarray(keep if keep else idx.tolist())
