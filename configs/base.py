@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
   c.mesh.rules = ""            # logical-axis rules overrides, e.g. "embed=,mlp=fsdp"; "" = the
                                # default table in mdpo_jax.parallel
+  c.mesh.constrain_rows = True  # pin activations' rows to the data axes at block boundaries
+                               # (parallel.constrain_rows; False: XLA's propagation decides)
 
   # ---- task and data -------------------------------------------------------------------------
   c.task = ml_collections.ConfigDict()
@@ -103,6 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.clip_norm = 1.0      # 0 = no clipping
   c.optim.grad_accum_steps = 1  # micro-batches per optimiser step (batch_size must divide)
   c.optim.mask_eps = 1e-3      # masking probability floor p = (1-eps)·t + eps
+  c.optim.mu_dtype = ""         # Adam's first moment: "" = the params' dtype | float32 | bfloat16
   c.optim.max_skipped_steps = 3  # a NaN/Inf loss or gradient skips the step; this many in a row
                                  # stop the run (exit status 1; the checkpoints stay finite;
                                  # checked at every log line and checkpoint, every RL update)

@@ -3,9 +3,10 @@
   python -m mdpo_jax.train --config configs/llada8b_sft.py --workdir gs://BUCKET/llada8b_sft \
       --config.model.hf_checkpoint=/path/to/LLaDA-8B-Instruct
 
-Not run in CI. Memory: bf16 params (16 GB) + float32 AdamW moments (64 GB) + gradients, fully
-sharded over `fsdp` → a v5p-16 / v4-32 slice (or 8×H100 80 GB) with remat; run the same command
-on every worker of a pod slice (see launch/). The tokenizer comes from the checkpoint folder.
+Not run in CI. Memory: float32 master params (32 GB; bfloat16 compute) + float32 AdamW moments
+(64 GB) + gradients, fully sharded over `fsdp` (`python -m mdpo_jax.plan` prints the figures per
+slice; README "Memory plan"), with remat; run the same command on every worker of a pod slice
+(see launch/). The tokenizer comes from the checkpoint folder.
 """
 
 from configs import base
@@ -18,7 +19,7 @@ def get_config():
   c.model.hf_checkpoint = ""           # set on the command line
   c.model.remat = "full"
   c.model.dtype = "bfloat16"
-  c.model.param_dtype = "bfloat16"
+  c.model.param_dtype = "float32"   # master weights: bfloat16 ones lose most steps (README)
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
   c.data.tokenizer = ""                # "" → the tokenizer.json of model.hf_checkpoint
   c.data.seq_len = 512

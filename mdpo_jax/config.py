@@ -132,6 +132,7 @@ class MeshConfig(_Section):
   fsdp: int
   tensor: int
   rules: str
+  constrain_rows: bool
 
 
 @_frozen
@@ -185,6 +186,7 @@ class OptimConfig(_Section):
   grad_accum_steps: int
   mask_eps: float
   max_skipped_steps: int
+  mu_dtype: str
 
 
 @_frozen
@@ -457,6 +459,7 @@ _RULES: dict[str, dict[str, Rule]] = {
         "clip_norm": _at_least(0, "must be ≥ 0 (0 = off)"), "grad_accum_steps": _POSITIVE,
         "max_skipped_steps": _POSITIVE,
         "mask_eps": lambda v: None if 0 < v < 1 else "must be in (0, 1)",
+        "mu_dtype": _one_of(optim_lib.MU_DTYPES, blank="the parameters' dtype"),
     },
     "train": {
         **{k: _POSITIVE for k in ("num_steps", "log_every", "checkpoint_every",

@@ -14,6 +14,7 @@ override the rules table from its config (`mesh.rules`, read with `parse_rules`)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -71,12 +72,14 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
 def mesh_from_config(mesh_config: Mapping[str, Any]) -> Mesh:
   """Mesh from a config section `{data: .., fsdp: .., tensor: .., rules: ..}`.
 
-  Only data/fsdp/tensor shape the mesh; `rules` (the logical-axis rules, see `parse_rules`) is
-  allowed in the section and ignored here. Any other key is an error.
+  Only data/fsdp/tensor shape the mesh; `rules` (the logical-axis rules, see `parse_rules`) and
+  `constrain_rows` (see `mesh_context`) are allowed in the section and ignored here. Any other
+  key is an error.
   """
-  unknown = set(mesh_config) - set(MESH_AXES) - {"rules"}
+  unknown = set(mesh_config) - set(MESH_AXES) - {"rules", "constrain_rows"}
   if unknown:
-    raise ValueError(f"mesh: unknown keys {sorted(unknown)}; allowed {MESH_AXES + ('rules',)}")
+    raise ValueError(f"mesh: unknown keys {sorted(unknown)}; allowed "
+                     f"{MESH_AXES + ('rules', 'constrain_rows')}")
   return make_mesh(**{k: int(v) for k, v in mesh_config.items() if k in MESH_AXES})
 
 
@@ -199,6 +202,33 @@ def shard_rows(x, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES):
   if np.shape(x)[0] % data_degree(mesh):
     return x
   return jax.device_put(x, batch_sharding(mesh, np.ndim(x), rules))
+
+
+def mesh_context(mesh: Mesh, enabled: bool = True):
+  """A context manager making `mesh` the one in context while tracing (`jax.set_mesh`; on jax
+  < 0.7 `jax.sharding.use_mesh`): model code then constrains activations to it
+  (`constrain_rows`). The loops trace their programs inside it (config `mesh.constrain_rows`;
+  `enabled=False`: a context that does nothing)."""
+  if not enabled:
+    return contextlib.nullcontext()
+  setter = getattr(jax, "set_mesh", None) or jax.sharding.use_mesh
+  return setter(mesh)
+
+
+def constrain_rows(x_BxN):
+  """`x_BxN` with its leading (row) axis split over the data axes of the mesh in context
+  (`mesh_context`), the rest replicated; unchanged without a mesh or when the split is uneven.
+
+  Why: without it XLA's propagation may follow the FSDP-sharded weights and keep activations
+  whole per device — the 8B rollout sampler needed 18.4 GiB of temporaries per device at 8
+  rows per device on fsdp=16, 3.1 GiB with this constraint at the block boundaries."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return x_BxN
+  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+  if not axes or x_BxN.shape[0] % math.prod(mesh.shape[a] for a in axes):
+    return x_BxN
+  return jax.lax.with_sharding_constraint(x_BxN, PartitionSpec(axes))
 
 
 def to_host(x) -> np.ndarray:

@@ -746,7 +746,8 @@ def _folder_tokenizer(folder: Path, tokenizer: Any) -> _TokenizerFacts | None:
 
 def load_pretrained(path: PathLike, *, dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
                     rules: Sequence[tuple[str, Any]] = parallel.DEFAULT_RULES,
-                    tokenizer: Any = None, **overrides: Any) -> tuple[llada.LLaDAConfig, dict]:
+                    tokenizer: Any = None, param_dtype: Any = None,
+                    **overrides: Any) -> tuple[llada.LLaDAConfig, dict]:
   """Load a LLaDA checkpoint folder into (sharded) device parameters.
 
   Reads `config.json` and `model.safetensors` (or the shards named by
@@ -758,7 +759,11 @@ def load_pretrained(path: PathLike, *, dtype: Any = None, mesh: jax.sharding.Mes
 
   Args:
     path: the checkpoint folder.
-    dtype: parameter (and compute) dtype; None keeps the checkpoint's own float type bit for bit.
+    dtype: compute (and, without `param_dtype`, parameter) dtype; None keeps the checkpoint's own
+      float type bit for bit.
+    param_dtype: the stored parameters' dtype when it differs from `dtype`, e.g. float32
+      master weights for training a bfloat16 checkpoint (bfloat16 weights cannot take small
+      optimiser steps); None: `dtype`.
     mesh: place parameters with `llada.param_shardings(config, mesh, rules)`; None puts them
       on the first local device.
     rules: logical-axis rules for the mesh (`parallel.DEFAULT_RULES`, or a run's
@@ -791,7 +796,7 @@ def load_pretrained(path: PathLike, *, dtype: Any = None, mesh: jax.sharding.Mes
       declared = hf_config.get("torch_dtype", hf_config.get("dtype"))
       dtype = _checkpoint_dtype(ckpt, ckpt.tensors, declared)
     config = probe.replace(dtype=_normalize_dtype(dtype, "dtype"),
-                           param_dtype=_normalize_dtype(dtype, "dtype"))
+                           param_dtype=_normalize_dtype(param_dtype or dtype, "param_dtype"))
     params = _load_params(ckpt, entries, config, mesh, rules)
   finally:
     ckpt.close()

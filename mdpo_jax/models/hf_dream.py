@@ -241,7 +241,8 @@ def _layout(config: dream.DreamConfig) -> list[hf._Entry]:
 
 def load_pretrained(path: PathLike, *, dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
                     rules: Sequence[tuple[str, Any]] = parallel.DEFAULT_RULES,
-                    tokenizer: Any = None, **overrides: Any) -> tuple[dream.DreamConfig, dict]:
+                    tokenizer: Any = None, param_dtype: Any = None,
+                    **overrides: Any) -> tuple[dream.DreamConfig, dict]:
   """Load a Dream checkpoint folder into (sharded) device parameters, tensor by tensor.
 
   Same contract as `hf.load_pretrained` (arguments, streaming, NaN/Inf warning, errors naming
@@ -265,7 +266,8 @@ def load_pretrained(path: PathLike, *, dtype: Any = None, mesh: jax.sharding.Mes
       declared = hf_config.get("torch_dtype", hf_config.get("dtype"))
       dtype = hf._checkpoint_dtype(ckpt, ckpt.tensors, declared)
     dtype = hf._normalize_dtype(dtype, "dtype")
-    config = probe.replace(dtype=dtype, param_dtype=dtype)
+    config = probe.replace(dtype=dtype,
+                           param_dtype=hf._normalize_dtype(param_dtype or dtype, "param_dtype"))
     params = hf._load_params(ckpt, entries, config, mesh, rules, model=dream)
   finally:
     ckpt.close()

@@ -52,6 +52,7 @@ from mdpo_jax.rl.rollout import RolloutBatch
 from mdpo_jax.sampling.sampler import SamplerConfig, Trajectory, generate
 from mdpo_jax.training import evaluation, optim, rl_loop, setup, sft_loop
 from mdpo_jax.training import state as state_lib
+from mdpo_jax.training import policy as policy_lib
 from mdpo_jax.training.policy import Policy
 
 PROGRAMS = ("sft", "update", "logprobs", "rollout", "eval")
@@ -98,7 +99,7 @@ def model_config(config: config_lib.RunConfig) -> families.ModelConfig:
   """The run's model config without loading weights.
 
   A Hugging Face folder (`model.hf_checkpoint`): its config.json with the run's remat, scan and
-  padding settings, as `setup.load_model` reads it. `data.tokenizer=""` without a folder (the
+  padding settings and its dtypes where set (`_run_dtypes`), as `setup.load_model` reads it. `data.tokenizer=""` without a folder (the
   8B recipes, planned before the checkpoint is downloaded; their run reads the folder named on
   the command line): the preset as published — its shape, vocabulary and special ids — with
   those same runtime settings, since a folder's config.json, not `model.d_model` & co., sets
@@ -109,10 +110,17 @@ def model_config(config: config_lib.RunConfig) -> families.ModelConfig:
   runtime = {k: getattr(m, k) for k in _HF_OVERRIDES if getattr(m, k) not in (None, "")}
   if m.hf_checkpoint:
     hf_json = json.loads((Path(m.hf_checkpoint) / families.CONFIG_FILE).read_text())
-    return family.hf.config_from_hf(hf_json, **runtime)
+    return _run_dtypes(family.hf.config_from_hf(hf_json, **runtime), m)
   if config.data.tokenizer:
     return setup.model_config(config, setup.make_tokenizer(config))
-  return dataclasses.replace(families.preset(m.family, m.preset), **runtime)
+  return _run_dtypes(dataclasses.replace(families.preset(m.family, m.preset), **runtime), m)
+
+
+def _run_dtypes(model_cfg, m):
+  """The compute and parameter dtypes `setup._load_hf` loads a folder with: the run's
+  `model.dtype` / `model.param_dtype` where set, else the folder's own type."""
+  dtype = m.dtype or model_cfg.dtype
+  return dataclasses.replace(model_cfg, dtype=dtype, param_dtype=m.param_dtype or dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,15 +156,17 @@ def abstract_run(config: config_lib.RunConfig, mesh: jax.sharding.Mesh) -> Abstr
                    model.param_shardings(model_cfg, mesh, rules))
   lora_cfg = setup.lora_config(config, model_cfg)
   policy, trainable = Policy(model_cfg, None, None), params
+  frozen = jax.tree.map(   # `policy.frozen_copy`: weights that never train, in compute dtype
+      lambda s: _sds(s.shape, policy_lib.frozen_dtype(s.dtype, model_cfg), s.sharding), params)
   if lora_cfg is not None:
-    policy = Policy(model_cfg, lora_cfg, params)
+    policy = Policy(model_cfg, lora_cfg, frozen)
     trainable = _placed(lora.abstract_adapters(model_cfg, lora_cfg),
                         lora.adapter_shardings(model_cfg, lora_cfg, mesh, rules))
   optimizer = optim.make_optimizer(config.optim, config.optimizer_steps)
   state = state_lib.abstract_sharded(trainable, optimizer, config.seed, mesh)
   reference = None   # rl_loop: a copy of the start for a full fine-tune; LoRA's is the base
   if config.is_rl and config.rl.beta > 0 and lora_cfg is None:
-    reference = params
+    reference = frozen
   return Abstract(config=config, mesh=mesh, rules=rules, model_cfg=model_cfg, policy=policy,
                   optimizer=optimizer,
                   schedule=optim.learning_rate_schedule(config.optim, config.optimizer_steps),
@@ -439,7 +449,9 @@ def plan(config: config_lib.RunConfig, mesh: jax.sharding.Mesh, *,
       continue
     key = (tuple(mesh.shape.items()), lowering.name, lowering.micro_batch, lowering.remat)
     if key not in cache:
-      cache[key] = measure(lowering)
+      # traced as the run's loops trace it (`Run`)
+      with parallel.mesh_context(mesh, config.mesh.constrain_rows):
+        cache[key] = measure(lowering)
     measured.append(cache[key])
   return Plan(mesh=dict(mesh.shape), **ab.resident, programs=tuple(measured))
 

@@ -13,6 +13,7 @@ import jax
 import optax
 
 SCHEDULES = ("constant", "cosine", "linear")
+MU_DTYPES = ("float32", "bfloat16")   # optim.mu_dtype; "" = the parameters' dtype
 
 
 def learning_rate_schedule(optim: Mapping[str, Any], num_steps: int) -> optax.Schedule:
@@ -39,7 +40,9 @@ def learning_rate_schedule(optim: Mapping[str, Any], num_steps: int) -> optax.Sc
 
 def make_optimizer(optim: Mapping[str, Any], num_steps: int) -> optax.GradientTransformation:
   """clip_by_global_norm → AdamW(schedule), inside `optax.apply_if_finite`. `optim` keys: lr,
-  schedule, warmup_steps, end_lr_ratio, b1, b2, eps, weight_decay, clip_norm (0 = no clipping).
+  schedule, warmup_steps, end_lr_ratio, b1, b2, eps, weight_decay, clip_norm (0 = no clipping),
+  mu_dtype (optional: the first moment's dtype, e.g. bfloat16 beside float32 master weights;
+  the second moment stays in the parameters' dtype).
 
   A step whose gradient holds a NaN/Inf is skipped (params and moments unchanged) and counted in
   the state (`skipped_in_a_row`); the loops stop the run after `optim.max_skipped_steps` in a
@@ -52,8 +55,10 @@ def make_optimizer(optim: Mapping[str, Any], num_steps: int) -> optax.GradientTr
   if float(optim["clip_norm"]) < 0:
     raise ValueError(f"optim.clip_norm={optim['clip_norm']!r}: must be ≥ 0 (0 = off)")
   schedule = learning_rate_schedule(optim, num_steps)
+  mu_dtype = optim.get("mu_dtype") or None   # optax: None = the parameters' dtype
   adamw = optax.adamw(schedule, b1=float(optim["b1"]), b2=float(optim["b2"]),
-                      eps=float(optim["eps"]), weight_decay=float(optim["weight_decay"]))
+                      eps=float(optim["eps"]), weight_decay=float(optim["weight_decay"]),
+                      mu_dtype=mu_dtype)
   if float(optim["clip_norm"]) > 0:
     adamw = optax.chain(optax.clip_by_global_norm(float(optim["clip_norm"])), adamw)
   return optax.apply_if_finite(adamw, max_consecutive_errors=_NEVER)

@@ -17,8 +17,25 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from mdpo_jax.models import families, lora
+
+
+def frozen_dtype(leaf_dtype, model_cfg: families.ModelConfig):
+  """The dtype a weight that is never updated is kept in: the compute dtype (`model.dtype`)
+  where that is narrower than the stored one (float32 master weights, bfloat16 compute),
+  else its own. Exact: the forward casts every weight to the compute dtype before use."""
+  compute = jnp.dtype(model_cfg.dtype)
+  narrower = (jnp.issubdtype(leaf_dtype, jnp.floating)
+              and jnp.dtype(leaf_dtype).itemsize > compute.itemsize)
+  return compute if narrower else jnp.dtype(leaf_dtype)
+
+
+def frozen_copy(params, model_cfg: families.ModelConfig):
+  """A copy of `params` for a model that never trains (the RL reference, LoRA's base) in
+  `frozen_dtype`: half the bytes of float32 master weights, the same forward."""
+  return jax.tree.map(lambda x: x.astype(frozen_dtype(x.dtype, model_cfg)), params)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,7 @@ from mdpo_jax.rl import algorithms, rollout
 from mdpo_jax.rl.common import token_logprobs
 from mdpo_jax.rl.scoring import RewardPool
 from mdpo_jax.sampling.sampler import SamplerConfig
+from mdpo_jax.training import policy as policy_lib
 from mdpo_jax.training import run as run_lib
 from mdpo_jax.training import state as state_lib
 from mdpo_jax.training import steps
@@ -135,7 +136,9 @@ class _Learner:
                                     rl.micro_batch) if lora_on else self.logprobs)
     self.ref_params = None
     if rl.beta > 0:   # full fine-tune: a copy of the start; LoRA: the frozen base
-      self.ref_params = run.policy.base if lora_on else jax.tree.map(jnp.copy, state_params)
+      self.ref_params = (run.policy.base if lora_on
+                         else policy_lib.frozen_copy(jax.tree.map(jnp.copy, state_params),
+                                                     run.model_cfg))
     self.candidates = np.arange(len(self.problems))
     self.filter_epoch = -1
 

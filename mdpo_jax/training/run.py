@@ -23,11 +23,13 @@ import numpy as np
 import optax
 
 from mdpo_jax import config as config_lib
+from mdpo_jax import parallel
 from mdpo_jax import tasks
 from mdpo_jax.data import tokenizer as tokenizer_lib
 from mdpo_jax.models import families
 from mdpo_jax.training import checkpoint, evaluation, metrics, optim, setup
 from mdpo_jax.training import state as state_lib
+from mdpo_jax.training import policy as policy_lib
 from mdpo_jax.training.policy import Policy
 
 
@@ -111,6 +113,13 @@ class Run:
   deadline: float | None        # wall-clock time after which the loop saves and stops
   preemption: Preemption
 
+  def __post_init__(self):
+    # The run's programs are traced with its mesh in context, so the model can split its
+    # activations' rows over the data axes (`parallel.constrain_rows`); `close` leaves it.
+    scope = parallel.mesh_context(self.mesh, self.config.mesh.constrain_rows)
+    scope.__enter__()
+    object.__setattr__(self, "_mesh_scope", scope)
+
   def stop_reason(self) -> str | None:
     """Why the loop should save and stop now: "preempted" (SIGTERM), "max_minutes" or None.
     Called at every step, it also raises `checkpoint.StorageError` as soon as a save in flight
@@ -193,6 +202,7 @@ class Run:
     finally:
       self.writer.close()
       self.preemption.restore()
+      self._mesh_scope.__exit__(None, None, None)
 
 
 def _policy_and_params(config, model_cfg, params, mesh) -> tuple[Policy, Any]:
@@ -200,7 +210,7 @@ def _policy_and_params(config, model_cfg, params, mesh) -> tuple[Policy, Any]:
   lora_cfg = setup.lora_config(config, model_cfg)
   if lora_cfg is None:
     return Policy(model_cfg, None, None), params
-  return (Policy(model_cfg, lora_cfg, params),
+  return (Policy(model_cfg, lora_cfg, policy_lib.frozen_copy(params, model_cfg)),
           setup.init_adapters(config, model_cfg, lora_cfg, mesh))
 
 

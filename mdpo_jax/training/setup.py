@@ -136,9 +136,11 @@ def _load_hf(config, tokenizer, mesh):
                      f"(model_type {found.hf_model_type!r}) but model.family={m.family!r}; "
                      f"allowed: model.family={found.name!r} for this folder")
   overrides = {k: getattr(m, k) for k in ("remat", "scan_layers", "honor_padding")}
-  try:
+  try:   # model.dtype / param_dtype "" keep the checkpoint's own type
     return family.hf.load_pretrained(m.hf_checkpoint, mesh=mesh, rules=rules(config),
-                                     tokenizer=_tokenizer_source(config, tokenizer), **overrides)
+                                     tokenizer=_tokenizer_source(config, tokenizer),
+                                     dtype=m.dtype or None, param_dtype=m.param_dtype or None,
+                                     **overrides)
   except FileNotFoundError as e:
     raise FileNotFoundError(f"model.hf_checkpoint={m.hf_checkpoint}: {e}") from e
 
