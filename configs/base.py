@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat = "none"       # none | full | save_dots
   c.model.scan_layers = True
   c.model.honor_padding = True
+  c.model.attention_impl = "xla"  # xla | dot_product_attention | cudnn (GPU) | splash (TPU)
   c.model.lora_rank = 0        # > 0: train LoRA adapters of this rank (qwix) on frozen base weights
   c.model.lora_alpha = 16.0    # adapter scale alpha / rank
   c.model.lora_targets = "q_proj,k_proj,v_proj,attn_out,ff_proj,up_proj,ff_out"  # any subset

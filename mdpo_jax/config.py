@@ -45,7 +45,7 @@ REMAT = llada._REMAT
 _TEXT_LISTS = frozenset({"model.lora_targets"})
 _MODEL_OVERRIDES = ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size",
                     "rope_theta", "max_sequence_length", "dtype", "param_dtype", "remat",
-                    "scan_layers", "honor_padding")
+                    "scan_layers", "honor_padding", "attention_impl")
 
 
 def rl_trainers() -> tuple[str, ...]:
@@ -112,6 +112,7 @@ class ModelConfig(_Section):
   remat: str
   scan_layers: bool | None
   honor_padding: bool | None
+  attention_impl: str
   lora_rank: int
   lora_alpha: float
   lora_targets: tuple[str, ...]
@@ -441,6 +442,7 @@ _RULES: dict[str, dict[str, Rule]] = {
         "rope_theta": _above(0),
         "dtype": _one_of(DTYPES, blank=_PRESET), "param_dtype": _one_of(DTYPES, blank=_PRESET),
         "remat": _one_of(REMAT, blank=_PRESET),
+        "attention_impl": _one_of(llada._ATTENTION_IMPLS, blank=_PRESET),
         "lora_rank": _at_least(0, "must be an integer ≥ 0 (0 = LoRA off)"),
         "lora_alpha": _above(0),
         "lora_targets": _each_in(lora.TARGETS, unique=True),

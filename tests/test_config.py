@@ -288,3 +288,14 @@ def test_names_agree_with_the_registries():
     assert {n for n, cls in registry.items() if getattr(cls, "procedural", False)} == set(
         config_lib.PROCEDURAL_TASKS)
   assert {"mdpo", "diffu_grpo"} <= set(config_lib.rl_trainers())
+
+
+def test_attention_impl_reaches_the_model_and_bad_values_are_one_line():
+  from mdpo_jax.models import llada
+  from mdpo_jax.training import setup
+  cfg = config_lib.parse(_with({"model.attention_impl": "dot_product_attention"}))
+  assert setup.model_config(cfg, setup.make_tokenizer(cfg)).attention_impl == "dot_product_attention"
+  with pytest.raises(ValueError) as e:
+    config_lib.parse(_with({"model.attention_impl": "flash"}))
+  assert str(e.value).startswith("model.attention_impl='flash': allowed ")
+  assert all(impl in str(e.value) for impl in llada._ATTENTION_IMPLS) and "\n" not in str(e.value)

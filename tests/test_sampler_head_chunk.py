@@ -45,7 +45,7 @@ def test_greedy_trajectory_equals_the_whole_logits_sampler(model, remasking, top
                                  remasking=remasking, top_k=top_k)
   want = generate(fwd, params, prompts, base, jax.random.key(2), prompt_mask=mask,
                   return_trajectory=True)
-  for chunk in (1, 5, 40):   # 40 > L = 17: one padded chunk
+  for chunk in (5, 40):   # 5: the last chunk padded; 40 > L = 17: one padded chunk
     got = generate(fwd, params, prompts, base.replace(head_chunk=chunk), jax.random.key(2),
                    prompt_mask=mask, return_trajectory=True)
     np.testing.assert_array_equal(got[0], want[0])
@@ -60,7 +60,7 @@ def test_sampled_tokens_do_not_depend_on_the_chunk_size(model):
   hot = SamplerConfig.for_model(cfg, gen_length=12, block_length=4, steps=6, temperature=0.8,
                                 remasking="rcr", top_p=0.9)
   runs = [generate(fwd, params, prompts, hot.replace(head_chunk=c), jax.random.key(3),
-                   prompt_mask=mask, return_trajectory=True) for c in (2, 7, 17)]
+                   prompt_mask=mask, return_trajectory=True) for c in (2, 17)]
   for got in runs[1:]:
     np.testing.assert_array_equal(got[0], runs[0][0])
     np.testing.assert_array_equal(got[1].x0, runs[0][1].x0)

@@ -33,7 +33,7 @@ from mdpo_jax import parallel
 Params = Mapping[str, Any]
 
 _DTYPES = ("float32", "bfloat16", "float16")
-_ATTENTION_IMPLS = ("xla", "dot_product_attention")
+_ATTENTION_IMPLS = ("xla", "dot_product_attention", "cudnn", "splash")
 _REMAT = ("none", "full", "save_dots")
 
 
@@ -294,9 +294,37 @@ def attention_mask(key_mask_BxL, num_queries: int, num_keys: int, query_start=No
   return mask
 
 
-def attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, key_mask_BxL, impl: str, query_start=None):
+def attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, key_mask_BxL, impl: str, query_start=None, *,
+              interpret: bool = False):
   """Multi-head attention (GQA when K < H); softmax in float32. Bidirectional, or causal when
-  `query_start` (the first query's position among the keys) is given."""
+  `query_start` (the first query's position among the keys) is given.
+
+  `impl` (`LLaDAConfig.attention_impl`) picks the kernel; all compute the same function on the
+  rows that matter (real queries: those whose own key is not masked, or every query of a
+  bidirectional call):
+  * "xla": einsums and a masked softmax, everywhere.
+  * "dot_product_attention": `jax.nn.dot_product_attention`, XLA's own lowering.
+  * "cudnn": cuDNN flash attention (`implementation="cudnn"`), GPU only, bfloat16/float16 inputs,
+    head_dim a multiple of 8 and ≤ 256. With a mask and an odd length, queries/keys are padded
+    by one masked position (cuDNN's masked training kernels need even lengths).
+  * "splash": the Pallas TPU Splash attention kernel; TPU only, except with `interpret=True`
+    (the Pallas interpreter: tests on CPU); on several devices only under the run's mesh in
+    context (`parallel.mesh_context`), where it runs in a shard_map over rows and heads.
+    Padding enters as segment ids, lengths are padded to multiples of 128 (the kernel's lane
+    width), any head_dim is passed through, and a causal call needs a static (Python int)
+    `query_start`: the kernel's causal mask is fixed when it is built, so a traced window start
+    (a cached causal window, e.g. AR decoding with a cache) raises. Bidirectional windows of a
+    cached sampler work (only the key mask, not the start, reaches the kernel).
+  Every unsupported case raises a one-line ValueError naming `attention_impl` (never a silent
+  fall-back to another implementation); the checks run when the model is traced.
+  """
+  if impl == "cudnn":
+    _check_cudnn(q_BxLxHxE)
+    return _fused_dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, key_mask_BxL,
+                                        query_start, implementation="cudnn")
+  if impl == "splash":
+    return _splash_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, key_mask_BxL, query_start,
+                             interpret=interpret)
   h, k = q_BxLxHxE.shape[2], k_BxLxKxE.shape[2]
   if k != h:
     k_BxLxKxE = jnp.repeat(k_BxLxKxE, h // k, axis=2)
@@ -312,6 +340,174 @@ def attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, key_mask_BxL, impl: str, query_st
     scores_BxHxLxL = jnp.where(mask, scores_BxHxLxL, big_neg)
   probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1).astype(v_BxLxKxE.dtype)
   return jnp.einsum("bhqk,bkhe->bqhe", probs_BxHxLxL, v_BxLxKxE)
+
+
+def _pad_rows(x_BxL, length: int, value=0):
+  """`x` (any trailing axes after B, L) with L padded at the end to `length` with `value`: for
+  kernels that need aligned lengths."""
+  extra = length - x_BxL.shape[1]
+  if extra == 0:
+    return x_BxL
+  pad = [(0, 0)] * x_BxL.ndim
+  pad[1] = (0, extra)
+  return jnp.pad(x_BxL, pad, constant_values=value)
+
+
+def _check_cudnn(q_BxLxHxE):
+  """One-line errors, at trace time, for what cuDNN flash attention cannot take; cuDNN's own
+  errors surface deep inside the lowering instead."""
+  if q_BxLxHxE.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"attention_impl='cudnn' needs bfloat16 or float16 activations (model "
+                     f"dtype), got {q_BxLxHxE.dtype}; use attention_impl='xla' for float32")
+  backend = jax.default_backend()
+  if backend != "gpu":
+    raise ValueError(f"attention_impl='cudnn' needs a GPU (cuDNN), but JAX's backend here is "
+                     f"{backend!r}; choose attention_impl='xla' or 'dot_product_attention'")
+  head_dim = q_BxLxHxE.shape[-1]
+  if head_dim % 8 or head_dim > 256:
+    raise ValueError(f"attention_impl='cudnn' needs head_dim a multiple of 8 and ≤ 256, got "
+                     f"{head_dim}; choose attention_impl='xla'")
+
+
+def _fused_dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, key_mask_BxL, query_start,
+                                 implementation: str):
+  """`jax.nn.dot_product_attention` with `implementation` ("cudnn"; "xla" in the CPU tests of
+  this padding): GQA handled by the kernel, and with a mask, odd lengths padded to even ones
+  (cuDNN's masked kernels need even lengths when training). The padded key is masked out and
+  lies after every real query, so real rows are unchanged; padded query rows are dropped."""
+  num_queries, num_keys = q_BxLxHxE.shape[1], k_BxLxKxE.shape[1]
+  mask = attention_mask(key_mask_BxL, num_queries, num_keys, query_start)
+  if mask is not None and (num_queries % 2 or num_keys % 2):
+    if key_mask_BxL is None:
+      key_mask_BxL = jnp.ones((1, num_keys), bool)
+    q_BxLxHxE = _pad_rows(q_BxLxHxE, num_queries + num_queries % 2)
+    k_BxLxKxE = _pad_rows(k_BxLxKxE, num_keys + num_keys % 2)
+    v_BxLxKxE = _pad_rows(v_BxLxKxE, num_keys + num_keys % 2)
+    key_mask_BxL = _pad_rows(key_mask_BxL, num_keys + num_keys % 2, value=False)
+    mask = attention_mask(key_mask_BxL, q_BxLxHxE.shape[1], k_BxLxKxE.shape[1], query_start)
+  out_BxLxHxE = jax.nn.dot_product_attention(
+      q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, mask=mask, scale=q_BxLxHxE.shape[-1] ** -0.5,
+      implementation=implementation)
+  return out_BxLxHxE[:, :num_queries]
+
+
+_SPLASH_LANES = 128   # Splash attention's key blocks (and so our padded lengths) are lane multiples
+
+
+def _splash_block(length: int) -> int:
+  """The largest of 512/256/128 dividing `length` (a multiple of 128): Splash's tile size."""
+  return next(b for b in (512, 256, 128) if length % b == 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(heads: int, num_queries: int, num_keys: int, causal_offset, interpret: bool,
+                   mesh_key):
+  """A Splash attention kernel (forward and backward tiles) for [heads, Q, K] with lengths
+  already multiples of 128: full mask, or causal with query i at key position i + offset.
+  Cached (building one processes its mask in NumPy), so its tables must be constants; they
+  belong to the mesh in context when built (a shard_map's manual mesh), hence `mesh_key`."""
+  del mesh_key
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+  shape = (num_queries, num_keys)
+  if causal_offset is None:
+    head_mask = splash.FullMask(shape)
+  else:
+    head_mask = splash.CausalMask(shape, offset=causal_offset)
+  bq, bkv = _splash_block(num_queries), _splash_block(num_keys)
+  blocks = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
+                             block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
+                             block_kv_dq=bkv)
+  with jax.ensure_compile_time_eval():   # concrete mask tables even when built while tracing
+    return splash.make_splash_mha_single_device(
+        splash.MultiHeadMask([head_mask] * heads), block_sizes=blocks, interpret=interpret)
+
+
+def _check_splash(query_start, interpret: bool):
+  """`query_start` as a Python int (or None), after one-line errors for what our Splash call
+  cannot do: run off a TPU (except interpreted), run with several devices visible but no mesh
+  in context (XLA cannot partition a Mosaic kernel, so `_on_mesh` shard_maps it over the mesh
+  in context; without one we cannot tell a one-device program from a sharded one), or take a
+  causal window whose start is traced (the kernel's causal mask is fixed when it is built)."""
+  backend = jax.default_backend()
+  if backend != "tpu" and not interpret:
+    raise ValueError(f"attention_impl='splash' needs a TPU (a Pallas TPU kernel), but JAX's "
+                     f"backend here is {backend!r}; choose attention_impl='xla' or "
+                     "'dot_product_attention'")
+  mesh = jax.sharding.get_abstract_mesh()
+  if not interpret and jax.device_count() > 1 and (mesh is None or mesh.empty):
+    raise ValueError(f"attention_impl='splash' on {jax.device_count()} devices needs the run's "
+                     "mesh in context (parallel.mesh_context, config mesh.constrain_rows) to "
+                     "shard_map the Pallas TPU kernel; one device, or choose "
+                     "attention_impl='xla'")
+  if query_start is None:
+    return None
+  try:
+    return int(query_start)
+  except TypeError:   # a tracer (jax.errors.ConcretizationTypeError is a TypeError)
+    raise ValueError("attention_impl='splash' supports causal attention from a static "
+                     "query_start only (a cached causal window with a traced start is not); "
+                     "choose attention_impl='xla' for cached causal decoding") from None
+
+
+def _splash_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, key_mask_BxL, query_start, *,
+                      interpret: bool):
+  """Splash attention over the batch (vmap). Key padding as segment ids: real keys 1, padded
+  keys (and the kernel's alignment padding) 0. Queries: bidirectional, all 1, so every query
+  sees exactly the real keys, as in "xla"; causal, a query takes its own position's id, so a
+  real query sees the real keys at or before it, and a left-pad query the pad keys at or before
+  it (itself at least: a softmax row with no allowed key is avoided; its output is unused). The
+  alignment rows appended to the queries are dropped (a row with no allowed key gives the mean
+  of the values, finite). The kernel does not scale: q is scaled first, in float32, then cast
+  back to its dtype (one extra rounding in bfloat16)."""
+  query_start = _check_splash(query_start, interpret)
+  batch, num_queries, heads, head_dim = q_BxLxHxE.shape
+  num_keys = k_BxLxKxE.shape[1]
+  lanes = _SPLASH_LANES
+  padded_q, padded_k = -(-num_queries // lanes) * lanes, -(-num_keys // lanes) * lanes
+  kv_ids_BxL = (jnp.ones((batch, num_keys), jnp.int32) if key_mask_BxL is None
+                else jnp.broadcast_to(key_mask_BxL, (batch, num_keys)).astype(jnp.int32))
+  if query_start is None:
+    q_ids_BxQ = jnp.ones((batch, num_queries), jnp.int32)
+  else:
+    ids_BxL = _pad_rows(kv_ids_BxL, max(num_keys, query_start + num_queries))
+    q_ids_BxQ = ids_BxL[:, query_start:query_start + num_queries]
+  scaled_q = (q_BxLxHxE.astype(jnp.float32) * head_dim ** -0.5).astype(q_BxLxHxE.dtype)
+  q_BxHxQxE = _pad_rows(scaled_q, padded_q).transpose(0, 2, 1, 3)
+  k_BxKxLxE = _pad_rows(k_BxLxKxE, padded_k).transpose(0, 2, 1, 3)
+  v_BxKxLxE = _pad_rows(v_BxLxKxE, padded_k).transpose(0, 2, 1, 3)
+
+  def rows(q_BxHxQxE, k_BxKxLxE, v_BxKxLxE, q_ids_BxQ, kv_ids_BxL):   # this device's part
+    from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
+    kernel = _splash_kernel(q_BxHxQxE.shape[1], padded_q, padded_k, query_start, interpret,
+                            jax.sharding.get_abstract_mesh())
+    one_row = lambda q, k, v, q_ids, kv_ids: kernel(q, k, v, SegmentIds(q=q_ids, kv=kv_ids))
+    return jax.vmap(one_row)(q_BxHxQxE, k_BxKxLxE, v_BxKxLxE, q_ids_BxQ, kv_ids_BxL)
+
+  out_BxHxQxE = _on_mesh(rows, q_BxHxQxE, k_BxKxLxE, v_BxKxLxE,
+                         _pad_rows(q_ids_BxQ, padded_q), _pad_rows(kv_ids_BxL, padded_k))
+  return out_BxHxQxE.transpose(0, 2, 1, 3)[:, :num_queries]
+
+
+def _on_mesh(rows, q_BxHxQxE, k_BxKxLxE, v_BxKxLxE, q_ids_BxQ, kv_ids_BxL):
+  """`rows(...)` as is without a mesh in context; with one (`parallel.mesh_context`), inside a
+  shard_map (XLA cannot partition a Pallas TPU kernel itself): rows split over the data axes
+  when they divide the batch (as `parallel.constrain_rows`), heads over `tensor` when it
+  divides both head counts, replicated otherwise. Attention is independent per row and head,
+  so each device runs the kernel on its own rows and heads."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return rows(q_BxHxQxE, k_BxKxLxE, v_BxKxLxE, q_ids_BxQ, kv_ids_BxL)
+  size = lambda a: mesh.shape[a] if a in mesh.axis_names else 1
+  data = tuple(a for a in ("data", "fsdp") if size(a) > 1)
+  if not data or q_BxHxQxE.shape[0] % functools.reduce(lambda n, a: n * size(a), data, 1):
+    data = None
+  heads = "tensor" if size("tensor") > 1 else None
+  if heads and (q_BxHxQxE.shape[1] % size(heads) or k_BxKxLxE.shape[1] % size(heads)):
+    heads = None
+  spec, ids_spec = jax.sharding.PartitionSpec(data, heads), jax.sharding.PartitionSpec(data)
+  return jax.shard_map(rows, in_specs=(spec, spec, spec, ids_spec, ids_spec), out_specs=spec,
+                       check_vma=False)(q_BxHxQxE, k_BxKxLxE, v_BxKxLxE, q_ids_BxQ, kv_ids_BxL)
 
 
 # The seven weight projections of a block: einsum equation (input, weight -> output) per weight.
@@ -429,10 +625,11 @@ def hidden_states(config: LLaDAConfig, params: Params, tokens_BxL, *, attention_
   cos_BxWxE, sin_BxWxE = rope_tables(positions, config.head_dim, config.rope_theta)
   x_BxWxD = jnp.take(params["wte"], tokens_BxL, axis=0).astype(jnp.dtype(config.dtype))
 
-  def apply_block(x, per_layer):
+  def apply_block(x, per_layer):   # rows split over the data axes at block boundaries
     layer, layer_adapters, past_kv = per_layer
-    return block(config, layer, x, cos_BxWxE, sin_BxWxE, key_mask_BxL, layer_adapters, projector,
-                 past_kv, window_start)
+    x, kv = block(config, layer, parallel.constrain_rows(x), cos_BxWxE, sin_BxWxE, key_mask_BxL,
+                  layer_adapters, projector, past_kv, window_start)
+    return x, kv
 
   if config.remat == "full":
     apply_block = jax.checkpoint(apply_block)

@@ -92,7 +92,7 @@ def _batch(mesh, rules, tree):
 # ----------------------------------------------------------------------------------------------
 
 
-_HF_OVERRIDES = ("remat", "scan_layers", "honor_padding")   # what `setup._load_hf` passes on
+_HF_OVERRIDES = setup.HF_RUNTIME_FIELDS   # what `setup._load_hf` passes on
 
 
 def model_config(config: config_lib.RunConfig) -> families.ModelConfig:

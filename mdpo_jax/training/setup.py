@@ -122,6 +122,10 @@ def load_model(config, tokenizer, mesh, rng: jax.Array, *,
   return cfg, families.get(m.family).model.init_sharded_params(cfg, rng, mesh, rules(config))
 
 
+# The run's settings a Hugging Face folder's config.json does not decide (`hf._RUNTIME_FIELDS`).
+HF_RUNTIME_FIELDS = ("remat", "scan_layers", "honor_padding", "attention_impl")
+
+
 def _load_hf(config, tokenizer, mesh):
   """`model.hf_checkpoint` read by `model.family`'s loader; a folder of another family (its
   config.json `model_type`) is an error naming both settings."""
@@ -135,7 +139,7 @@ def _load_hf(config, tokenizer, mesh):
     raise ValueError(f"model.hf_checkpoint={m.hf_checkpoint}: a {found.display} folder "
                      f"(model_type {found.hf_model_type!r}) but model.family={m.family!r}; "
                      f"allowed: model.family={found.name!r} for this folder")
-  overrides = {k: getattr(m, k) for k in ("remat", "scan_layers", "honor_padding")}
+  overrides = {k: getattr(m, k) for k in HF_RUNTIME_FIELDS if getattr(m, k) not in (None, "")}
   try:   # model.dtype / param_dtype "" keep the checkpoint's own type
     return family.hf.load_pretrained(m.hf_checkpoint, mesh=mesh, rules=rules(config),
                                      tokenizer=_tokenizer_source(config, tokenizer),
