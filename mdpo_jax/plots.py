@@ -447,3 +447,22 @@ def write_trajectories(path: str, traj, final_BxL, prompt_len: int, tokenizer, m
                             tokenizer)
     written.append(save(fig, path if len(rows) == 1 else f"{stem}-{row}.png"))
   return written
+
+
+def update_curves_figure(curves, title: str = ""):
+  """Held-out accuracy against optimiser updates, one line per run (`training.curves.Curve`),
+  with its 95% interval as a band."""
+  fig = new_figure(6.0, 3.6)
+  ax = fig.subplots()
+  for curve in curves:
+    u = np.array([p.update for p in curve.points])
+    acc = np.array([p.accuracy for p in curve.points])
+    ax.plot(u, acc, "-o", ms=4, label=curve.name)
+    ax.fill_between(u, [p.ci_low for p in curve.points], [p.ci_high for p in curve.points],
+                    alpha=0.2)
+  ax.set_xlabel("optimiser updates")
+  ax.set_ylabel("accuracy")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(title, fontsize=9)
+  return fig

@@ -38,7 +38,7 @@ from ml_collections import config_flags
 
 from configs import countdown_tiny_diffu_grpo, countdown_tiny_mdpo, countdown_tiny_sft
 from mdpo_jax import cli, plots
-from mdpo_jax.training import evaluation, rl_loop, sft_loop
+from mdpo_jax.training import checkpoint, curves, evaluation, rl_loop, sft_loop
 
 _SFT_CONFIG = config_flags.DEFINE_config_file(
     "sft_config", countdown_tiny_sft.__file__, "SFT recipe; override keys as "
@@ -64,6 +64,10 @@ _PHASES = flags.DEFINE_list(
     "phases", ["mdpo", "diffu_grpo", "control", "control_fresh"], "Runs after SFT, each evaluated beside the SFT "
     "start: any of mdpo, diffu_grpo, control, control_fresh (the controls need mdpo: they get "
     "MDPO's wall time; control_fresh also trains on MDPO's fresh prompts with solver answers).")
+_CURVE_EVERY = flags.DEFINE_integer(
+    "curve_every", 0, "> 0: the RL runs keep a checkpoint every N updates and each is evaluated "
+    "(greedy low-confidence, the table's problems): curves.json/.png, accuracy against "
+    "optimiser updates, and the updates MDPO needs to reach diffu-GRPO's best.")
 _PARALLEL = flags.DEFINE_boolean(
     "parallel", False, "Run the seeds as concurrent processes, one XLA thread each. On this "
     "project's 2-core CPU two such processes each ran a training step at 0.56x the speed of one "
@@ -86,6 +90,10 @@ def _configs(seed: int):
   if _RL_UPDATES.value:
     mdpo.rl.num_updates = _RL_UPDATES.value
     grpo.rl.num_updates = max(_RL_UPDATES.value // grpo.rl.inner_iters, 1)
+  if _CURVE_EVERY.value > 0:   # keep every N-th update's checkpoint for the curves
+    for c in (mdpo, grpo):
+      c.train.checkpoint_every = _CURVE_EVERY.value
+      c.train.keep_checkpoints = c.rl.num_updates // _CURVE_EVERY.value + 2
   return sft, mdpo, grpo
 
 
@@ -162,7 +170,58 @@ def run_seed(root: Path, seed: int) -> dict:
   rows = {}
   for name, cache, ckpt in runs:
     rows[name] = _phase(out, cache, lambda ckpt=ckpt: _evaluate(seed, ckpt, temp))
-  return {"info": info, "rows": rows}
+  result = {"info": info, "rows": rows}
+  if _CURVE_EVERY.value > 0:
+    start = next(r for r in rows["SFT start"]
+                 if r["remasking"] == "low_confidence" and r["temperature"] == 0)
+    result["curves"] = {name: _phase(out, f"curve_{folder}", lambda folder=folder, name=name:
+                                     _curve(seed, out / folder / "checkpoints", name, start))
+                        for name, folder in (("MDPO", "mdpo"), ("diffu-GRPO", "diffu_grpo"))
+                        if (out / folder / "checkpoints").is_dir()}
+  return result
+
+
+def _curve(seed: int, checkpoints: Path, name: str, start: dict) -> dict:
+  """Greedy low-confidence accuracy of every checkpoint a run kept (the SFT start at update 0),
+  on the table's problems: a `curves.Curve` as JSON."""
+  config = _configs(seed)[0]
+  steps = _STEPS.value or [_configs(seed)[1].rl.steps]
+  setting = evaluation.Setting(int(steps[0]), "low_confidence", 0.0)
+  points = [curves.Point(0, start["accuracy"], start["ci_low"], start["ci_high"])]
+  for step in checkpoint.saved_steps(checkpoints):
+    row = evaluation.evaluate_checkpoint(config, checkpoint=str(checkpoints), step=step,
+                                         split=_EVAL_SPLIT.value, num_problems=_EVAL.value,
+                                         settings=[setting])[0][0]
+    points.append(curves.Point(step, row["accuracy"], row["ci_low"], row["ci_high"]))
+  return curves.Curve(name, tuple(points)).to_json()
+
+
+def curves_report(root: Path, results: dict[int, dict], seeds: list[int]) -> str:
+  """Per seed: the accuracy-vs-updates table and MDPO's updates to reach diffu-GRPO's best;
+  writes curves.json and curves.png (first seed's curves, one line per run)."""
+  lines = []
+  for s in seeds:
+    found = {k: curves.Curve.from_json(v) for k, v in results[s].get("curves", {}).items()}
+    if len(found) < 1:
+      continue
+    lines += [f"Seed {s}: greedy low-confidence accuracy against optimiser updates "
+              f"({_EVAL.value} {_EVAL_SPLIT.value.replace('_', '-')} problems).", "",
+              curves.curve_lines(list(found.values())), ""]
+    if {"MDPO", "diffu-GRPO"} <= set(found):
+      e = curves.efficiency(found["MDPO"], found["diffu-GRPO"])
+      lines.append(f"diffu-GRPO's best {e['target']:.3f} at update {e['slow_updates']}; MDPO "
+                   f"first reaches it at update {e['fast_updates']} (ratio {e['ratio']}).")
+      lines.append("")
+  if lines:
+    (root / "curves.json").write_text(json.dumps(
+        {s: results[s].get("curves", {}) for s in seeds}, indent=1))
+    first = [curves.Curve.from_json(v) for v in results[seeds[0]].get("curves", {}).values()]
+    try:
+      plots.save(plots.update_curves_figure(first, f"seed {seeds[0]}: greedy accuracy vs "
+                                            "updates"), root / "curves.png")
+    except plots.PlotError as e:
+      lines.append(f"(no curves.png: {e})")
+  return "\n".join(lines)
 
 
 PHASES = ("mdpo", "diffu_grpo", "control", "control_fresh")
@@ -320,7 +379,7 @@ def main(argv):
       f"{sft.eval.gen_length}, one block; 95% Wilson intervals.",
       _settings_line(mdpo, grpo, check_phases(_PHASES.value)), "",
       table(results, seeds), "",
-      _runs_table(results, seeds)]
+      _runs_table(results, seeds), "", curves_report(root, results, seeds)]
   text = "\n".join(lines)
   (root / "table.md").write_text(text + "\n")
   print(text)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from configs import countdown_tiny_sft
 from mdpo_jax import reproduce
 
 
@@ -51,7 +52,8 @@ def test_recipe_overrides_and_validation_split_reach_every_run():
   # the command line, so the flags are parsed in a fresh interpreter.
   argv = ["reproduce", "--workdir=/tmp/x", "--mdpo_config.optim.lr=0.0003",
           "--mdpo_config.rl.prompt_source=fresh", "--sft_config.optim.lr=0.001",
-          "--eval_split=validation", "--eval_problems=700", "--rl_updates=40"]
+          "--eval_split=validation", "--eval_problems=700", "--rl_updates=40",
+          "--curve_every=20"]
   script = (
       "import json, sys\n"
       f"sys.argv = {argv!r}\n"
@@ -70,6 +72,11 @@ def test_recipe_overrides_and_validation_split_reach_every_run():
   assert sft["optim"]["lr"] == 1e-3
   assert mdpo["rl"]["num_updates"] == 40
   assert grpo["rl"]["num_updates"] == 40 // grpo["rl"]["inner_iters"]
+  # --curve_every: every 20th update's checkpoint is kept (40 / 20 + 2 ≥ the 2 saved + final)
+  for c in (mdpo, grpo):
+    assert c["train"]["checkpoint_every"] == 20
+    assert c["train"]["keep_checkpoints"] == c["rl"]["num_updates"] // 20 + 2
+  assert sft["train"]["checkpoint_every"] == countdown_tiny_sft.get_config().train.checkpoint_every
   # The validation split grows to the evaluated size in every run, so RL's fresh prompts
   # (generated after it) never include a problem the table is measured on.
   assert sft["task"]["val_size"] == mdpo["task"]["val_size"] == grpo["task"]["val_size"] == 700

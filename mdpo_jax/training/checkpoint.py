@@ -229,6 +229,14 @@ def restore_params(directory: str | Path, abstract_params, step: int | None = No
   return restored["state"]["params"], restored["config"], step
 
 
+def saved_steps(directory: str | Path) -> list[int]:
+  """The steps a run's checkpoint folder holds, ascending."""
+  manager = ocp.CheckpointManager(_existing(directory))
+  steps = sorted(manager.all_steps())
+  manager.close()
+  return steps
+
+
 def saved_config(directory: str | Path, step: int | None = None) -> tuple[dict, int]:
   """(config, step): the resolved config a run saved with its checkpoint at `step` (the latest
   when None), {} if that checkpoint has none. Reads nothing else, so a caller can decide how to

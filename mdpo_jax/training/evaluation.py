@@ -138,13 +138,16 @@ def evaluate_checkpoint(raw_config, *, checkpoint: str | None = None,
                         hf_checkpoint: str | None = None, split: str = "held_out",
                         num_problems: int | None = None,
                         settings: Sequence[Setting] | None = None,
-                        model: LoadedModel | None = None) -> tuple[list[dict], int]:
+                        model: LoadedModel | None = None,
+                        step: int | None = None) -> tuple[list[dict], int]:
   """(result rows, problems evaluated) for a run's checkpoint folder or a Hugging Face folder,
   on the task's `split` (held_out | validation), its first `num_problems` (default
   eval.num_problems), with `settings` (default: the config's eval settings). The evaluation of
   `python -m mdpo_jax.evaluate` and of `reproduce`. `model`: one already loaded by
-  `load_checkpoint` (e.g. to draw its trajectories afterwards without loading it twice)."""
-  model = model or load_checkpoint(raw_config, checkpoint=checkpoint, hf_checkpoint=hf_checkpoint)
+  `load_checkpoint` (e.g. to draw its trajectories afterwards without loading it twice);
+  `step`: that checkpoint step of the run (default: its latest)."""
+  model = model or load_checkpoint(raw_config, checkpoint=checkpoint, hf_checkpoint=hf_checkpoint,
+                                   step=step)
   problems = model.problems(split, num_problems)
   rows = evaluate_task(model.config, model.model_cfg, model.params, model.tokenizer, model.task,
                        problems, settings)
@@ -152,7 +155,7 @@ def evaluate_checkpoint(raw_config, *, checkpoint: str | None = None,
 
 
 def load_checkpoint(raw_config, *, checkpoint: str | None = None,
-                    hf_checkpoint: str | None = None) -> LoadedModel:
+                    hf_checkpoint: str | None = None, step: int | None = None) -> LoadedModel:
   """A run's checkpoint folder or a Hugging Face folder, with the run config's tokenizer and
   task, as `evaluate_checkpoint` evaluates it."""
   raw = raw_config.copy_and_resolve_references()
@@ -165,7 +168,8 @@ def load_checkpoint(raw_config, *, checkpoint: str | None = None,
   config = config_lib.parse(raw)
   mesh = setup.make_mesh(config)
   tokenizer = setup.make_tokenizer(config)
-  model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(config.seed))
+  model_cfg, params = setup.load_model(config, tokenizer, mesh, jax.random.key(config.seed),
+                                       step=step)
   return LoadedModel(config, model_cfg, params, tokenizer, tasks.build(config.task, config.seed))
 
 

@@ -94,11 +94,11 @@ def _abstract(tree, shardings):
                       tree, shardings)
 
 
-def load_model(config, tokenizer, mesh, rng: jax.Array, *,
-               lora_supported: bool = False) -> tuple[families.ModelConfig, Any]:
+def load_model(config, tokenizer, mesh, rng: jax.Array, *, lora_supported: bool = False,
+               step: int | None = None) -> tuple[families.ModelConfig, Any]:
   """(model config, params placed on `mesh`) of `model.family`: fresh, from a Hugging Face folder
   (`_load_hf`), or from a run (`load_run_params`: a LoRA run's checkpoint comes back merged with
-  its base).
+  its base; `step`: that checkpoint step of the run instead of its latest).
 
   With `model.lora_rank` > 0 the returned params are the base the caller puts adapters on.
   Callers that do not handle that leave `lora_supported` False and get an error instead of a
@@ -115,7 +115,7 @@ def load_model(config, tokenizer, mesh, rng: jax.Array, *,
   cfg = model_config(config, tokenizer)
   if m.init_checkpoint:
     try:
-      return cfg, load_run_params(m.init_checkpoint, cfg, mesh, rules=rules(config))
+      return cfg, load_run_params(m.init_checkpoint, cfg, mesh, rules=rules(config), step=step)
     except FileNotFoundError as e:
       raise FileNotFoundError(f"model.init_checkpoint={m.init_checkpoint}: {e}; allowed: a "
                               "run's WORKDIR/checkpoints folder") from e
@@ -188,9 +188,10 @@ def warn_nonfinite(tree, mesh, where: str, prefix: str = "params") -> list[str]:
 
 
 def load_run_params(directory, model_cfg: families.ModelConfig, mesh, *,
-                    rules=parallel.DEFAULT_RULES, field: str = "model.init_checkpoint"):
-  """Full params of the latest checkpoint in a run's `directory` (WORKDIR/checkpoints), shaped,
-  typed and sharded as `model_cfg`'s on `mesh`.
+                    rules=parallel.DEFAULT_RULES, field: str = "model.init_checkpoint",
+                    step: int | None = None):
+  """Full params of the latest checkpoint (or of `step`) in a run's `directory`
+  (WORKDIR/checkpoints), shaped, typed and sharded as `model_cfg`'s on `mesh`.
 
   A full-parameter run's checkpoint holds the params. A LoRA run's (its saved config has
   `model.lora_rank` > 0) holds only adapters: its base is rebuilt from that saved config exactly
@@ -198,7 +199,7 @@ def load_run_params(directory, model_cfg: families.ModelConfig, mesh, *,
   fresh init from its seed) and the adapters are merged in (`lora.merge`, float32 sum). `field`
   names the setting that pointed here, for errors.
   """
-  saved, step = checkpoint.saved_config(directory)
+  saved, step = checkpoint.saved_config(directory, step)
   family = families.of_config(model_cfg)
   saved_family = saved.get("model", {}).get("family", families.DEFAULT)
   if saved_family != family.name:
