@@ -112,18 +112,22 @@ def test_splash_traced_causal_window_raises_one_line():
   _one_line_error(lambda: run(3), "attention_impl='splash'", "query_start")
 
 
-@pytest.mark.parametrize("query_start", [None, 0])
-def test_splash_gradients_match_xla(query_start):
-  """Training differentiates through the kernel's custom VJP (its dq and dkv kernels)."""
-  q, k, v = _qkv(6, 2, 24, 24, 4, 2, 8)
-  mask = _left_padded(24, [0, 5])
+@pytest.mark.parametrize("query_start, on_mesh", [(None, False), (0, False), (0, True)])
+def test_splash_gradients_match_xla(query_start, on_mesh):
+  """Training differentiates through the kernel's custom VJP (its dq and dkv kernels), also
+  inside the shard_map of a run's mesh (data=2, fsdp=2, tensor=2)."""
+  assert jax.device_count() >= 8   # conftest: 8 virtual CPU devices
+  q, k, v = _qkv(6, 4, 24, 24, 4, 2, 8)   # 4 rows: split over data × fsdp on the mesh
+  mask = _left_padded(24, [0, 5, 0, 12])
   real = jnp.asarray(_real_rows(mask, 0, 24))[:, :, None, None]
   cotangent = jax.random.normal(jax.random.key(7), q.shape)
 
   def loss(fn, q, k, v):
     return jnp.sum(jnp.where(real, fn(q, k, v, mask, query_start=query_start) * cotangent, 0))
 
-  got = jax.jit(jax.grad(functools.partial(loss, splash), argnums=(0, 1, 2)))(q, k, v)
+  mesh = parallel.mesh_context(parallel.make_mesh(data=2, fsdp=2, tensor=2), enabled=on_mesh)
+  with mesh:
+    got = jax.jit(jax.grad(functools.partial(loss, splash), argnums=(0, 1, 2)))(q, k, v)
   want = jax.grad(functools.partial(loss, xla), argnums=(0, 1, 2))(q, k, v)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)   # sums of O(1) products over 24 rows
@@ -139,8 +143,7 @@ def test_splash_without_tpu_raises_one_line():
 
 def test_splash_on_several_devices_without_a_mesh_raises_one_line(monkeypatch):
   """The tests see 8 CPU devices (conftest); pretend they are TPUs to reach the device check."""
-  if jax.device_count() == 1:
-    pytest.skip("needs several visible devices")
+  assert jax.device_count() > 1   # conftest: 8 virtual CPU devices
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
   q, k, v = _qkv(8, 1, 8, 8, 2, 2, 8)
   _one_line_error(lambda: llada.attention(q, k, v, None, "splash"), "attention_impl='splash'",
@@ -152,8 +155,7 @@ def test_splash_on_several_devices_without_a_mesh_raises_one_line(monkeypatch):
 def test_splash_under_a_mesh_matches_xla(shape):
   """With the run's mesh in context the kernel runs in a shard_map: rows over data/fsdp, heads
   over tensor (replicated where they do not divide: 3 rows on data=8, 2 kv heads on tensor=4)."""
-  if jax.device_count() < 8:
-    pytest.skip("needs 8 devices")
+  assert jax.device_count() >= 8   # conftest: 8 virtual CPU devices
   mesh = parallel.make_mesh(**shape)
   q, k, v = _qkv(12, 4 if shape.get("data") != 8 else 3, 40, 40, 4, 2, 8)
   mask = _left_padded(40, [0, 7, 20][:q.shape[0]] + [3] * (q.shape[0] - 3))
@@ -182,17 +184,21 @@ def _padded_tokens(cfg, lengths, total, seed=0):
   return tokens, mask
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_model_forward_with_splash_matches_xla(monkeypatch, causal):
+@pytest.mark.parametrize("causal, on_mesh", [(False, False), (True, False), (False, True)])
+def test_model_forward_with_splash_matches_xla(monkeypatch, causal, on_mesh):
   """Real rows of the logits agree. Pad rows never reach a real row: every block masks pad keys
   for real queries, so a pad query's output only feeds later pad positions, and the losses and
-  samplers read logits at real positions only."""
+  samplers read logits at real positions only. `on_mesh`: traced under a run's mesh (data=4,
+  tensor=2), the kernel in a shard_map."""
+  assert jax.device_count() >= 8   # conftest: 8 virtual CPU devices
   _interpreted_splash(monkeypatch)
   cfg = llada.tiny(vocab_size=48, n_kv_heads=2, causal=causal)
   params = llada.init_params(cfg, jax.random.key(0))
-  tokens, mask = _padded_tokens(cfg, [11, 6, 2], 11)
+  tokens, mask = _padded_tokens(cfg, [11, 6, 2, 9], 11)
   run = lambda c: jax.jit(functools.partial(llada.forward, c))(params, tokens, attention_mask=mask)
-  got, want = run(cfg.replace(attention_impl="splash")), run(cfg)
+  with parallel.mesh_context(parallel.make_mesh(data=4, tensor=2), enabled=on_mesh):
+    got = run(cfg.replace(attention_impl="splash"))
+  want = run(cfg)
   assert np.isfinite(np.asarray(got)).all()   # pad rows too: no empty softmax row becomes NaN
   real = mask.astype(bool)
   np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-4, rtol=0)
