@@ -505,6 +505,9 @@ def _on_mesh(rows, q_BxHxQxE, k_BxKxLxE, v_BxKxLxE, q_ids_BxQ, kv_ids_BxL):
   heads = "tensor" if size("tensor") > 1 else None
   if heads and (q_BxHxQxE.shape[1] % size(heads) or k_BxKxLxE.shape[1] % size(heads)):
     heads = None
+  if not hasattr(jax, "shard_map"):
+    raise ValueError(f"attention_impl='splash' on a mesh needs jax.shard_map (jax >= 0.7), "
+                     f"this is jax {jax.__version__}; choose attention_impl='xla'")
   spec, ids_spec = jax.sharding.PartitionSpec(data, heads), jax.sharding.PartitionSpec(data)
   return jax.shard_map(rows, in_specs=(spec, spec, spec, ids_spec, ids_spec), out_specs=spec,
                        check_vma=False)(q_BxHxQxE, k_BxKxLxE, v_BxKxLxE, q_ids_BxQ, kv_ids_BxL)
