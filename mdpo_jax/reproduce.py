@@ -305,7 +305,8 @@ def _runs_table(results: dict[int, dict], seeds: list[int]) -> str:
   reward = lambda r: f"{r['reward_first']:.3f}→{r['reward_last']:.3f}"  # noqa: E731
   for s in seeds:
     i = results[s]["info"]
-    lines.append(f"| {s} | {i['sft']['minutes']:.1f} | "
+    sft_min = i["sft"].get("minutes")   # None: an SFT run copied in from elsewhere
+    lines.append(f"| {s} | {'—' if sft_min is None else format(sft_min, '.1f')} | "
                  f"{cell(i, 'mdpo', lambda r: format(r['minutes'], '.1f'))} | "
                  f"{cell(i, 'mdpo', reward)} | {cell(i, 'diffu_grpo', reward)} | "
                  f"{cell(i, 'control', lambda r: str(r['step']))} | "
