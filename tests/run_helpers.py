@@ -51,3 +51,28 @@ def cli_env() -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
   return env
+
+
+def all_eqns(jaxpr):
+  """Every equation of a jaxpr, those of its sub-jaxprs (scan, map, checkpoint, ...) included."""
+  import jax
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from all_eqns(sub)
+
+
+def all_shapes(jaxpr) -> set:
+  """Every intermediate shape of a jaxpr, sub-jaxprs included."""
+  return {v.aval.shape for eqn in all_eqns(jaxpr) for v in eqn.outvars}
+
+
+def padded_batch(rng, cfg, lengths, total):
+  """Left-padded random token rows of the given real lengths: (tokens, attention mask) [B, total]."""
+  import numpy as np
+  tokens = np.full((len(lengths), total), cfg.pad_token_id, np.int32)
+  mask = np.zeros((len(lengths), total), np.int32)
+  for r, n in enumerate(lengths):
+    tokens[r, total - n:] = rng.integers(0, cfg.vocab_size - 4, n)
+    mask[r, total - n:] = 1
+  return tokens, mask

@@ -20,6 +20,7 @@ import pytest
 
 from mdpo_jax import parallel
 from mdpo_jax.models import dream, llada
+from run_helpers import padded_batch
 
 ATOL = 2e-5
 splash = functools.partial(llada.attention, impl="splash", interpret=True)
@@ -174,15 +175,6 @@ def _interpreted_splash(monkeypatch):
   monkeypatch.setattr(llada, "attention", functools.partial(llada.attention, interpret=True))
 
 
-def _padded_tokens(cfg, lengths, total, seed=0):
-  rng = np.random.default_rng(seed)
-  tokens = np.full((len(lengths), total), cfg.pad_token_id, np.int32)
-  mask = np.zeros((len(lengths), total), np.int32)
-  for r, n in enumerate(lengths):
-    tokens[r, total - n:] = rng.integers(0, cfg.vocab_size - 4, n)
-    mask[r, total - n:] = 1
-  return tokens, mask
-
 
 @pytest.mark.parametrize("causal, on_mesh", [(False, False), (True, False), (False, True)])
 def test_model_forward_with_splash_matches_xla(monkeypatch, causal, on_mesh):
@@ -194,7 +186,7 @@ def test_model_forward_with_splash_matches_xla(monkeypatch, causal, on_mesh):
   _interpreted_splash(monkeypatch)
   cfg = llada.tiny(vocab_size=48, n_kv_heads=2, causal=causal)
   params = llada.init_params(cfg, jax.random.key(0))
-  tokens, mask = _padded_tokens(cfg, [11, 6, 2, 9], 11)
+  tokens, mask = padded_batch(np.random.default_rng(0), cfg, [11, 6, 2, 9], 11)
   run = lambda c: jax.jit(functools.partial(llada.forward, c))(params, tokens, attention_mask=mask)
   with parallel.mesh_context(parallel.make_mesh(data=4, tensor=2), enabled=on_mesh):
     got = run(cfg.replace(attention_impl="splash"))
@@ -209,7 +201,7 @@ def test_cached_window_with_splash_matches_xla(monkeypatch):
   _interpreted_splash(monkeypatch)
   cfg = llada.tiny(vocab_size=48, n_kv_heads=2)
   params = llada.init_params(cfg, jax.random.key(1))
-  tokens, mask = _padded_tokens(cfg, [12, 7], 12, seed=1)
+  tokens, mask = padded_batch(np.random.default_rng(1), cfg, [12, 7], 12)
 
   def window(c, start):
     _, cache = llada.forward(c, params, tokens, attention_mask=mask, return_cache=True)

@@ -6,7 +6,6 @@ differentiated MDPO and SFT losses."""
 import functools
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from mdpo_jax.diffusion import chunked, losses
 from mdpo_jax.models import dream, llada, lora
 from mdpo_jax.rl import common, mdpo
+from run_helpers import all_shapes
 
 B, L, V = 3, 11, 40   # L is no multiple of the chunk: the padded tail is scored and dropped
 
@@ -91,13 +91,6 @@ def test_positions_per_chunk():
   assert not chunked.takes_head(lambda p, t, attention_mask=None: t)
 
 
-def _avals(jaxpr):
-  """Every intermediate shape of a jaxpr, sub-jaxprs (scan, checkpoint, ...) included."""
-  for eqn in jaxpr.eqns:
-    yield from (v.aval.shape for v in eqn.outvars)
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      yield from _avals(sub)
-
 
 def test_no_full_logits_in_the_differentiated_losses(monkeypatch):
   """With the chunk at 4 positions, the gradient of the MDPO and SFT losses of a real model
@@ -118,6 +111,6 @@ def test_no_full_logits_in_the_differentiated_losses(monkeypatch):
                                               mask_id=cfg.mask_token_id)[0])
 
   for make in (mdpo_grad, sft_grad):
-    shapes = set(_avals(jax.make_jaxpr(make(fwd))(params).jaxpr))
+    shapes = all_shapes(jax.make_jaxpr(make(fwd))(params).jaxpr)
     assert (B, L, V) not in shapes and (B, 4, V) in shapes
-    assert (B, L, V) in set(_avals(jax.make_jaxpr(make(plain))(params).jaxpr))
+    assert (B, L, V) in all_shapes(jax.make_jaxpr(make(plain))(params).jaxpr)

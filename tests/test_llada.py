@@ -11,6 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mdpo_jax import parallel
 from mdpo_jax.models import llada
+from run_helpers import padded_batch
 
 
 # ---------------------------------------------------------------- NumPy reference (SPEC §1) ----
@@ -75,14 +76,6 @@ def params(cfg):
   return _perturbed(llada.init_params(cfg, jax.random.key(0)), jax.random.key(1))
 
 
-def _padded_batch(rng, cfg, lengths, total):
-  tokens = np.full((len(lengths), total), cfg.pad_token_id, np.int32)
-  mask = np.zeros((len(lengths), total), np.int32)
-  for r, n in enumerate(lengths):
-    tokens[r, total - n:] = rng.integers(0, cfg.vocab_size - 4, n)
-    mask[r, total - n:] = 1
-  return tokens, mask
-
 
 @pytest.mark.parametrize("honor_padding", [True, False])
 @pytest.mark.parametrize("variant", [{}, {"scan_layers": False}, {"tie_embeddings": True},
@@ -92,7 +85,7 @@ def test_forward_matches_numpy(cfg, params, honor_padding, variant):
   p = params
   if cfg.tie_embeddings:
     p = {k: v for k, v in params.items() if k != "lm_head"}
-  tokens, mask = _padded_batch(np.random.default_rng(0), cfg, [9, 6, 3], 9)
+  tokens, mask = padded_batch(np.random.default_rng(0), cfg, [9, 6, 3], 9)
   got = np.asarray(jax.jit(functools.partial(llada.forward, cfg))(p, tokens, attention_mask=mask))
   for r in range(tokens.shape[0]):
     if honor_padding:

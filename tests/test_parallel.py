@@ -10,6 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mdpo_jax import parallel
 from mdpo_jax.models import llada
+from run_helpers import all_eqns
 
 PARALLEL_SOURCE = Path(__file__).resolve().parents[1] / "mdpo_jax" / "parallel.py"
 
@@ -180,11 +181,8 @@ def test_parallel_imports_nothing_from_mdpo_jax():
 
 def _constraint_specs(jaxpr):
   """The PartitionSpecs of every sharding constraint in a jaxpr, sub-jaxprs included."""
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "sharding_constraint":
-      yield tuple(eqn.params["sharding"].spec)
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      yield from _constraint_specs(sub)
+  return [tuple(e.params["sharding"].spec) for e in all_eqns(jaxpr)
+          if e.primitive.name == "sharding_constraint"]
 
 
 def test_rows_are_split_over_the_data_axes_at_block_boundaries():
@@ -198,11 +196,11 @@ def test_rows_are_split_over_the_data_axes_at_block_boundaries():
   fwd = lambda p, x: llada.forward(cfg, p, x)  # noqa: E731
   tokens = jax.random.randint(jax.random.key(1), (8, 6), 0, 40)
   plain = fwd(params, tokens)
-  assert not list(_constraint_specs(jax.make_jaxpr(fwd)(params, tokens).jaxpr))
+  assert not _constraint_specs(jax.make_jaxpr(fwd)(params, tokens).jaxpr)
   with parallel.mesh_context(mesh):
-    specs = list(_constraint_specs(jax.make_jaxpr(fwd)(params, tokens).jaxpr))
+    specs = _constraint_specs(jax.make_jaxpr(fwd)(params, tokens).jaxpr)
     pinned = jax.jit(fwd)(params, tokens)
-    odd = list(_constraint_specs(jax.make_jaxpr(fwd)(params, tokens[:6]).jaxpr))
+    odd = _constraint_specs(jax.make_jaxpr(fwd)(params, tokens[:6]).jaxpr)
   assert specs and all(s == (("data", "fsdp"),) for s in specs)
   assert not odd
   np.testing.assert_allclose(np.asarray(pinned), np.asarray(plain), rtol=1e-5, atol=1e-5)

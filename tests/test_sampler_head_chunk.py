@@ -20,6 +20,7 @@ from mdpo_jax.models import llada
 from mdpo_jax.rl import rollout
 from mdpo_jax.sampling import ar, fhs, sampler, scheduled
 from mdpo_jax.sampling.sampler import SamplerConfig, generate
+from run_helpers import all_shapes
 
 V = 96   # ≠ the tiny model's width, so a [B, L, V] shape is only ever logits
 
@@ -102,12 +103,6 @@ def test_draws_follow_the_tempered_distribution_independently_per_position(model
   assert stats.binomtest(int((out[:, 0] == out[:, 1]).sum()), n, same).pvalue > 1e-3
 
 
-def _avals(jaxpr):
-  for eqn in jaxpr.eqns:
-    yield from (v.aval.shape for v in eqn.outvars)
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      yield from _avals(sub)
-
 
 def test_no_whole_sequence_logits_are_built(model):
   cfg, fwd, params = model
@@ -118,7 +113,7 @@ def test_no_whole_sequence_logits_are_built(model):
   def shapes(config):
     run = lambda p, x, m: sampler._generate(  # noqa: E731
         fwd, p, x, m, jax.random.key(0), config, True)
-    return set(_avals(jax.make_jaxpr(run)(params, prompts, mask).jaxpr))
+    return all_shapes(jax.make_jaxpr(run)(params, prompts, mask).jaxpr)
 
   assert (3, 17, V) in shapes(sc)
   chunked = shapes(sc.replace(head_chunk=4))
