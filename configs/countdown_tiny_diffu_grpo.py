@@ -15,7 +15,12 @@ from configs import countdown_tiny_mdpo
 
 
 def get_config():
-  c = countdown_tiny_mdpo.get_config()
+  return with_diffu_grpo(countdown_tiny_mdpo.get_config())
+
+
+def with_diffu_grpo(c):
+  """An MDPO recipe turned into the tuned tiny diffu-GRPO one (also Sudoku's): MDPO's rollouts,
+  prompts, lr and update count; one clipped update (ε = 0.5) per rollout batch."""
   c.trainer = "diffu_grpo"
   c.rl.clip_eps = 0.5
   c.rl.inner_iters = 1

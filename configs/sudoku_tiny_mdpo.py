@@ -3,11 +3,15 @@
   python -m mdpo_jax.train --config configs/sudoku_tiny_mdpo.py --workdir /tmp/sudoku_mdpo \
       --config.model.init_checkpoint=/tmp/sudoku_sft/checkpoints
 
-Rollouts commit four tokens per step (24 tokens in 6 steps) at T = 0.5; every step's prediction
-x̂0_t is scored with d1's dense reward (fraction of empty cells right), and the K = 4 steps with
-the largest |Â_t| per rollout are trained. Prompts are fresh puzzles, disjoint from SFT's,
-validation and held-out (`rl.prompt_source="fresh"`): the Countdown recipe's settings
-(`countdown_tiny_mdpo.with_mdpo`), 30 updates.
+Rollouts and evaluation decode the 24 answer tokens in 3 steps (8 per step), the few-step regime
+where cells decided together conflict: on 300 validation puzzles the seed-0 SFT model solves
+96% with 6 tokens per step, 90% with 8 and 83% with 12 (1 token per step: all; held-out with 4:
+97%), so 8 per step leaves RL room. Every step's
+prediction x̂0_t is scored with d1's dense reward (fraction of empty cells right), and the K = 4
+of 3 steps — all of them — are trained. Prompts are fresh puzzles, disjoint from SFT's,
+validation and held-out (`rl.prompt_source="fresh"`). Otherwise the Countdown recipe
+(`countdown_tiny_mdpo.with_mdpo`: 8 prompts × G=16, T = 0.5, lr 1e-4, 100 updates); not tuned
+on Sudoku.
 """
 
 from configs import countdown_tiny_mdpo, sudoku_tiny_sft
@@ -15,7 +19,7 @@ from configs import countdown_tiny_mdpo, sudoku_tiny_sft
 
 def get_config():
   c = countdown_tiny_mdpo.with_mdpo(sudoku_tiny_sft.get_config())
-  c.rl.num_updates = 30
-  c.train.checkpoint_every = 10
-  c.eval.steps = (6,)
+  c.rl.steps = 3
+  c.rl.top_k = 3
+  c.eval.steps = (3,)
   return c

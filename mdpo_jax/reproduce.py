@@ -14,6 +14,16 @@ command resumes). Next to the table (WORKDIR/table.md) go its figures (`mdpo_jax
 over_denoising.png (per step, how often x̂0_t was right, split by the final answer, for every
 model, greedy low-confidence) and training_curves.png (every run's metrics.jsonl).
 
+Sudoku (d1's 4×4) is the same pipeline on the Sudoku recipes (all three configs name one task):
+
+  python -m mdpo_jax.reproduce --workdir /tmp/repro_sudoku --seeds 0 \
+      --sft_config=configs/sudoku_tiny_sft.py --mdpo_config=configs/sudoku_tiny_mdpo.py \
+      --grpo_config=configs/sudoku_tiny_diffu_grpo.py
+
+Next to every pooled cell, table.md gives each model's gain over its SFT start on the same
+problems: the paired 95% interval of the difference and McNemar's exact p
+(`mdpo_jax.training.paired`), which resolve gains the separate intervals cannot.
+
 Tuning looks only at the validation split (`--eval_split=validation`: problems of the training
 distribution, disjoint from training, held-out and fresh prompts), with any recipe key
 overridden on the command line, e.g.
@@ -38,7 +48,7 @@ from ml_collections import config_flags
 
 from configs import countdown_tiny_diffu_grpo, countdown_tiny_mdpo, countdown_tiny_sft
 from mdpo_jax import cli, plots
-from mdpo_jax.training import checkpoint, curves, evaluation, rl_loop, sft_loop
+from mdpo_jax.training import checkpoint, curves, evaluation, paired, rl_loop, sft_loop
 
 _SFT_CONFIG = config_flags.DEFINE_config_file(
     "sft_config", countdown_tiny_sft.__file__, "SFT recipe; override keys as "
@@ -108,7 +118,7 @@ def _evaluate(seed: int, checkpoint_dir: Path, rl_temperature: float) -> list[di
               for t in (0.0, rl_temperature) for r in ("low_confidence", "rcr")]
   rows, _ = evaluation.evaluate_checkpoint(config, checkpoint=str(checkpoint_dir),
                                            split=_EVAL_SPLIT.value, num_problems=_EVAL.value,
-                                           settings=settings)
+                                           settings=settings, per_problem=True)
   return rows
 
 
@@ -196,22 +206,19 @@ def _curve(seed: int, checkpoints: Path, name: str, start: dict) -> dict:
   return curves.Curve(name, tuple(points)).to_json()
 
 
-def curves_report(root: Path, results: dict[int, dict], seeds: list[int]) -> str:
-  """Per seed: the accuracy-vs-updates table and MDPO's updates to reach diffu-GRPO's best;
-  writes curves.json and curves.png (first seed's curves, one line per run)."""
+def curves_report(root: Path, results: dict[int, dict], seeds: list[int], problems: str) -> str:
+  """Per seed: the accuracy-vs-updates table and MDPO's updates to reach diffu-GRPO's best
+  (`problems` names what was evaluated, e.g. "1000 held-out problems"); writes curves.json and
+  curves.png (first seed's curves, one line per run)."""
   lines = []
   for s in seeds:
     found = {k: curves.Curve.from_json(v) for k, v in results[s].get("curves", {}).items()}
     if len(found) < 1:
       continue
     lines += [f"Seed {s}: greedy low-confidence accuracy against optimiser updates "
-              f"({_EVAL.value} {_EVAL_SPLIT.value.replace('_', '-')} problems).", "",
-              curves.curve_lines(list(found.values())), ""]
+              f"({problems}).", "", curves.curve_lines(list(found.values())), ""]
     if {"MDPO", "diffu-GRPO"} <= set(found):
-      e = curves.efficiency(found["MDPO"], found["diffu-GRPO"])
-      lines.append(f"diffu-GRPO's best {e['target']:.3f} at update {e['slow_updates']}; MDPO "
-                   f"first reaches it at update {e['fast_updates']} (ratio {e['ratio']}).")
-      lines.append("")
+      lines += [_efficiency_line(curves.efficiency(found["MDPO"], found["diffu-GRPO"])), ""]
   if lines:
     (root / "curves.json").write_text(json.dumps(
         {s: results[s].get("curves", {}) for s in seeds}, indent=1))
@@ -222,6 +229,16 @@ def curves_report(root: Path, results: dict[int, dict], seeds: list[int]) -> str
     except plots.PlotError as e:
       lines.append(f"(no curves.png: {e})")
   return "\n".join(lines)
+
+
+def _efficiency_line(e: dict) -> str:
+  best = f"diffu-GRPO's best {e['target']:.3f}"
+  if e["slow_updates"] == 0:
+    return f"{best} is its SFT start (update 0): it never improved, so there is no ratio."
+  if e["fast_updates"] is None:
+    return f"{best} at update {e['slow_updates']}; MDPO never reaches it."
+  return (f"{best} at update {e['slow_updates']}; MDPO first reaches it at update "
+          f"{e['fast_updates']} (ratio {e['ratio']:.1f}).")
 
 
 PHASES = ("mdpo", "diffu_grpo", "control", "control_fresh")
@@ -258,11 +275,23 @@ def _train_control(seed: int, out: Path, minutes: float, extra_fresh: int = 0):
   return train_control
 
 
+def _column(row: dict) -> str:
+  return f"{row['remasking']} T={row['temperature']:g} ({row['tokens_per_step']:g} tok/step)"
+
+
+def _dense(results: dict[int, dict], seeds: list[int]) -> bool:
+  """Whether the task's reward is partial credit (Sudoku), so mean reward ≠ accuracy."""
+  return any(abs(r.get("mean_reward", r["accuracy"]) - r["accuracy"]) > 1e-9
+             for s in seeds for rows in results[s]["rows"].values() for r in rows)
+
+
 def table(results: dict[int, dict], seeds: list[int]) -> str:
+  """Accuracy per model and setting, pooled over the seeds, with 95% Wilson intervals (and the
+  pooled mean reward where the reward gives partial credit)."""
   names = list(next(iter(results.values()))["rows"])
   first = results[seeds[0]]["rows"][names[0]]
-  head = ("| model | " + " | ".join(f"{r['remasking']} T={r['temperature']:g} "
-                                      f"({r['tokens_per_step']:g} tok/step)" for r in first)
+  dense = _dense(results, seeds)
+  head = ("| model | " + " | ".join(_column(r) for r in first)
           + " | over-denoised (greedy LC) |")
   lines = [head, "|---|" + "---|" * (len(first) + 1)]
   greedy_lc = next(j for j, r in enumerate(first)
@@ -270,14 +299,35 @@ def table(results: dict[int, dict], seeds: list[int]) -> str:
   for name in names:
     cells = []
     for j in range(len(first)):
-      k = sum(round(results[s]["rows"][name][j]["accuracy"] * results[s]["rows"][name][j]["n"])
-              for s in seeds)
-      n = sum(results[s]["rows"][name][j]["n"] for s in seeds)
+      cell_rows = [results[s]["rows"][name][j] for s in seeds]
+      k = sum(round(r["accuracy"] * r["n"]) for r in cell_rows)
+      n = sum(r["n"] for r in cell_rows)
       lo, hi = evaluation.wilson_interval(k, n)
       cells.append(f"{k / n:.3f} [{lo:.3f}, {hi:.3f}]")
+      if dense:
+        cells[-1] += f" r={sum(r['mean_reward'] * r['n'] for r in cell_rows) / n:.3f}"
     over = np.mean([results[s]["rows"][name][greedy_lc].get("over_denoised", np.nan)
                     for s in seeds])
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {over:.3f} |")
+  return "\n".join(lines)
+
+
+def gains_table(results: dict[int, dict], seeds: list[int]) -> str:
+  """Each model's accuracy gain over the SFT start on the same problems, pooled over the seeds:
+  points with the paired 95% interval, problems gained/lost and McNemar's exact p. Empty when
+  some row has no per-problem outcomes (an evaluation cached before they were kept)."""
+  names = list(results[seeds[0]]["rows"])
+  first = results[seeds[0]]["rows"][names[0]]
+  if not all("solved" in r for s in seeds for name in names for r in results[s]["rows"][name]):
+    return ""
+  lines = ["| gain over the SFT start, points | " + " | ".join(_column(r) for r in first) + " |",
+           "|---|" + "---|" * len(first)]
+  for name in names[1:]:
+    cells = [paired.paired_gain(
+        np.concatenate([results[s]["rows"][names[0]][j]["solved"] for s in seeds]),
+        np.concatenate([results[s]["rows"][name][j]["solved"] for s in seeds])).cell()
+        for j in range(len(first))]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -352,6 +402,26 @@ def write_figures(root: Path, results: dict[int, dict], seeds: list[int]) -> lis
   return written
 
 
+def check_task(*configs) -> None:
+  """The SFT, MDPO and diffu-GRPO recipes must pose the same task (one-line error otherwise)."""
+  names = [c.task.name for c in configs]
+  if len(set(names)) > 1:
+    raise ValueError(f"--sft_config/--mdpo_config/--grpo_config pose different tasks {names}; "
+                     "give the three recipes of one task (e.g. configs/sudoku_tiny_*.py)")
+
+
+def task_line(config) -> str:
+  """What the problems are, for the table's heading."""
+  t = config.task
+  if t.name == "sudoku":
+    return (f"4×4 Sudoku, {t.empty_min}–{t.empty_max} empty cells (unique solutions); accuracy "
+            "= solved outright, r = mean reward (d1's fraction of empty cells right)")
+  if t.name == "countdown":
+    return (f"Countdown, 3 numbers in {t.number_min}–{t.number_max}, targets ≤ {t.target_max} "
+            f"(task.target_sampling={t.target_sampling}); answer style {t.answer_style}")
+  return f"task {t.name}"
+
+
 def main(argv):
   del argv
   root = Path(_WORKDIR.value)
@@ -360,6 +430,7 @@ def main(argv):
   except ValueError:
     raise ValueError(f"--seeds={','.join(_SEEDS.value)}: allowed comma-separated integers, "
                      "e.g. 0,1") from None
+  check_task(*_configs(seeds[0]))
   if _PARALLEL.value and len(seeds) > 1:
     env = dict(os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false "
                "intra_op_parallelism_threads=1")
@@ -371,16 +442,18 @@ def main(argv):
       raise SystemExit("a seed's run failed; see its output above (re-run to resume)")
   results = {s: run_seed(root, s) for s in seeds}  # cached phases: only reads results
   sft, mdpo, grpo = _configs(seeds[0])
+  problems = f"{_EVAL.value} {_EVAL_SPLIT.value.replace('_', '-')} problems"
+  gains = gains_table(results, seeds)
   lines = [
-      f"Seeds {seeds}; {_EVAL.value} {_EVAL_SPLIT.value.replace('_', '-')} problems per seed "
-      f"(pooled: "
-      f"{_EVAL.value * len(seeds)}); 3 numbers in {sft.task.number_min}–{sft.task.number_max}, "
-      f"targets ≤ {sft.task.target_max} (task.target_sampling={sft.task.target_sampling}); "
-      f"answer style {sft.task.answer_style}; gen_length "
-      f"{sft.eval.gen_length}, one block; 95% Wilson intervals.",
+      f"Seeds {seeds}; {problems} per seed (pooled: {_EVAL.value * len(seeds)}); "
+      f"{task_line(sft)}; gen_length {sft.eval.gen_length}, one block; 95% Wilson intervals.",
       _settings_line(mdpo, grpo, check_phases(_PHASES.value)), "",
-      table(results, seeds), "",
-      _runs_table(results, seeds), "", curves_report(root, results, seeds)]
+      table(results, seeds), ""]
+  if gains:
+    lines += ["Gains over the SFT start on the same problems (pooled over the seeds): "
+              "points, paired 95% interval (Newcombe), problems gained/lost, McNemar's exact p.",
+              "", gains, ""]
+  lines += [_runs_table(results, seeds), "", curves_report(root, results, seeds, problems)]
   text = "\n".join(lines)
   (root / "table.md").write_text(text + "\n")
   print(text)

@@ -10,6 +10,7 @@ import pytest
 
 from configs import countdown_tiny_sft
 from mdpo_jax import reproduce
+from mdpo_jax.training import curves, paired
 
 
 def _row(remasking, temperature, acc, n, over=0.0):
@@ -93,3 +94,80 @@ def test_runs_from_any_working_directory(tmp_path):
                         "--eval_split=test"], capture_output=True, text=True, cwd=tmp_path)
   assert res.returncode != 0 and "ModuleNotFoundError" not in res.stderr, res.stderr[-2000:]
   assert "eval_split" in res.stderr
+
+
+def _solved_row(remasking, solved, reward=None):
+  solved = list(map(bool, solved))
+  acc = sum(solved) / len(solved)
+  return {"remasking": remasking, "temperature": 0.0, "tokens_per_step": 8.0, "accuracy": acc,
+          "n": len(solved), "mean_reward": acc if reward is None else reward, "solved": solved}
+
+
+def test_gains_pair_each_seeds_problems_and_pool_the_counts():
+  # Seed 0: after gains problems 0-2 and loses 3; seed 1: gains 0, loses nothing.
+  before0, after0 = [0, 0, 0, 1, 1, 0, 0, 0], [1, 1, 1, 0, 1, 0, 0, 0]
+  before1, after1 = [0, 1, 0, 0], [1, 1, 0, 0]
+  results = {0: {"rows": {"SFT start": [_solved_row("low_confidence", before0)],
+                          "MDPO": [_solved_row("low_confidence", after0)]}},
+             1: {"rows": {"SFT start": [_solved_row("low_confidence", before1)],
+                          "MDPO": [_solved_row("low_confidence", after1)]}}}
+  text = reproduce.gains_table(results, [0, 1])
+  line = [l for l in text.splitlines() if l.startswith("| MDPO")][0]
+  # Pooled 2x2 over the 12 problems: both 2, gained 4, lost 1, neither 5.
+  low, high = paired.difference_interval(2, 4, 1, 5)
+  assert f"{100 * 3 / 12:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]" in line
+  assert "(+4/−1, p=0.38)" in line   # 2·P(Bin(5, 1/2) ≤ 1) = 2·6/32
+  # Rows cached without per-problem outcomes: no gains table rather than a wrong one.
+  del results[1]["rows"]["MDPO"][0]["solved"]
+  assert reproduce.gains_table(results, [0, 1]) == ""
+
+
+def test_partial_credit_tasks_show_the_pooled_mean_reward():
+  results = {0: {"rows": {"SFT start": [_solved_row("low_confidence", [1, 0], reward=0.75)]}},
+             1: {"rows": {"SFT start": [_solved_row("low_confidence", [1, 1, 0, 0],
+                                                    reward=0.6)]}}}
+  line = [l for l in reproduce.table(results, [0, 1]).splitlines() if l.startswith("| SFT")][0]
+  assert f"r={(0.75 * 2 + 0.6 * 4) / 6:.3f}" in line
+  binary = {0: {"rows": {"SFT start": [_solved_row("low_confidence", [1, 0])]}}}
+  assert "r=" not in reproduce.table(binary, [0])
+
+
+def test_curves_report_gives_the_updates_ratio_and_writes_the_curves(tmp_path):
+  def curve(name, accs):
+    return curves.Curve(name, tuple(curves.Point(u, a, a - 0.02, a + 0.02) for u, a in
+                                    zip((0, 20, 40, 60), accs))).to_json()
+  results = {0: {"curves": {"MDPO": curve("MDPO", (0.20, 0.25, 0.24, 0.26)),
+                            "diffu-GRPO": curve("diffu-GRPO", (0.20, 0.21, 0.24, 0.22))}},
+             1: {}}
+  text = reproduce.curves_report(tmp_path, results, [0, 1], "50 held-out problems")
+  assert "Seed 0" in text and "Seed 1" not in text and "50 held-out problems" in text
+  # diffu-GRPO's best (0.24) first comes at update 40; MDPO passes it at 20.
+  assert "diffu-GRPO's best 0.240 at update 40; MDPO first reaches it at update 20 (ratio 2.0)" \
+      in text
+  saved = json.loads((tmp_path / "curves.json").read_text())
+  assert saved["0"]["MDPO"] == results[0]["curves"]["MDPO"] and saved["1"] == {}
+  assert reproduce.curves_report(tmp_path, {0: {}}, [0], "x") == ""
+  flat = {0: {"curves": {"MDPO": curve("MDPO", (0.20, 0.19, 0.18, 0.17)),
+                         "diffu-GRPO": curve("diffu-GRPO", (0.20, 0.19, 0.20, 0.18))}}}
+  assert "never improved, so there is no ratio" in reproduce.curves_report(tmp_path, flat, [0],
+                                                                             "x")
+  flat[0]["curves"]["diffu-GRPO"] = curve("diffu-GRPO", (0.20, 0.21, 0.20, 0.18))
+  assert "at update 20; MDPO never reaches it." in reproduce.curves_report(tmp_path, flat, [0],
+                                                                            "x")
+
+
+def test_the_three_recipes_must_pose_one_task():
+  from configs import countdown_tiny_mdpo, sudoku_tiny_diffu_grpo, sudoku_tiny_mdpo, sudoku_tiny_sft
+  sudoku = (sudoku_tiny_sft.get_config(), sudoku_tiny_mdpo.get_config(),
+            sudoku_tiny_diffu_grpo.get_config())
+  reproduce.check_task(*sudoku)
+  assert "Sudoku, 6–10 empty cells" in reproduce.task_line(sudoku[0])
+  assert "Countdown, 3 numbers in 1–20" in reproduce.task_line(countdown_tiny_sft.get_config())
+  with pytest.raises(ValueError, match=r"different tasks \['sudoku', 'countdown', 'sudoku'\]"):
+    reproduce.check_task(sudoku[0], countdown_tiny_mdpo.get_config(), sudoku[2])
+  # The Sudoku baseline is its MDPO recipe with only the trainer's own keys changed.
+  mdpo, grpo = sudoku[1].to_dict(), sudoku[2].to_dict()
+  assert grpo["trainer"] == "diffu_grpo" and grpo["rl"]["inner_iters"] == 1
+  for key in ("rl", "optim", "task", "model", "data"):
+    diff = {k for k in mdpo[key] if mdpo[key][k] != grpo[key][k]}
+    assert diff <= {"clip_eps", "inner_iters"}, (key, diff)

@@ -139,18 +139,20 @@ def evaluate_checkpoint(raw_config, *, checkpoint: str | None = None,
                         num_problems: int | None = None,
                         settings: Sequence[Setting] | None = None,
                         model: LoadedModel | None = None,
-                        step: int | None = None) -> tuple[list[dict], int]:
+                        step: int | None = None,
+                        per_problem: bool = False) -> tuple[list[dict], int]:
   """(result rows, problems evaluated) for a run's checkpoint folder or a Hugging Face folder,
   on the task's `split` (held_out | validation), its first `num_problems` (default
   eval.num_problems), with `settings` (default: the config's eval settings). The evaluation of
   `python -m mdpo_jax.evaluate` and of `reproduce`. `model`: one already loaded by
   `load_checkpoint` (e.g. to draw its trajectories afterwards without loading it twice);
-  `step`: that checkpoint step of the run (default: its latest)."""
+  `step`: that checkpoint step of the run (default: its latest); `per_problem` as in
+  `evaluate`."""
   model = model or load_checkpoint(raw_config, checkpoint=checkpoint, hf_checkpoint=hf_checkpoint,
                                    step=step)
   problems = model.problems(split, num_problems)
   rows = evaluate_task(model.config, model.model_cfg, model.params, model.tokenizer, model.task,
-                       problems, settings)
+                       problems, settings, per_problem=per_problem)
   return rows, len(problems)
 
 
