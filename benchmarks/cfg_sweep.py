@@ -47,7 +47,7 @@ from mdpo_jax.data.tokenizer import decode_completions
 from mdpo_jax.models import families
 from mdpo_jax.sampling.sampler import generate
 from mdpo_jax.tasks import countdown
-from mdpo_jax.training import evaluation, sft_loop
+from mdpo_jax.training import evaluation, paired, sft_loop
 
 MODELS = ("sft", "control")
 LABELS = {"sft": "pretrain → SFT", "control": "SFT from scratch (control)"}
@@ -88,13 +88,6 @@ def train(out: Path, name: str, config) -> dict:
   return _cached(out, f"{name}_train", run)
 
 
-def paired_difference(a, b) -> tuple[float, float, float]:
-  """Mean of a − b over the same problems (0/1 outcomes) and its 95% normal interval."""
-  d = np.asarray(a, float) - np.asarray(b, float)
-  half = 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else 0.0
-  return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
-
-
 def load(args, checkpoint: Path) -> evaluation.LoadedModel:
   raw = countdown_tiny_sft.get_config()
   raw.eval.trajectory_stats = False
@@ -116,7 +109,8 @@ def sweep(args, checkpoint: Path) -> dict:
                                     model.tokenizer, model.task, model.problems(split, n),
                                     settings, progress=False, per_problem=True)
     for row in rows:
-      row["diff_vs_w0"] = paired_difference(row["solved"], rows[0]["solved"])
+      gain = paired.paired_gain(rows[0]["solved"], row["solved"])   # same problems, vs w = 0
+      row["diff_vs_w0"] = (gain.gain, gain.low, gain.high)
     out[split] = rows
     out[f"{split}_minutes"] = (time.time() - start) / 60
   return out

@@ -6,8 +6,8 @@
 
 For cache none / prefix / dual, each without a threshold and with every τ of --taus, on the same
 problems (the first --problems of --split, greedy, the run's gen_length): accuracy with its 95%
-Wilson interval, the paired difference from cache=none without a threshold (same problems, so a
-95% interval of the mean per-problem difference), the mean number of model calls per batch (NFE)
+Wilson interval, the paired difference from cache=none without a threshold (same problems:
+Newcombe's paired 95% interval, `mdpo_jax.training.paired`), the mean number of model calls per batch (NFE)
 and the wall time of the whole evaluation. Choose τ on --split validation; report held_out.
 """
 
@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import time
 
 import numpy as np
 
-from mdpo_jax.training import evaluation
+from mdpo_jax.training import evaluation, paired
 
 
 def load_config(path: str):
@@ -29,13 +28,6 @@ def load_config(path: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
-
-
-def paired_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-  """Mean of a − b (per-problem 0/1 outcomes) and its 95% normal interval."""
-  d = a.astype(float) - b.astype(float)
-  half = 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else 0.0
-  return d.mean(), d.mean() - half, d.mean() + half
 
 
 def main():
@@ -72,7 +64,8 @@ def main():
       seconds = time.perf_counter() - start
       ok = np.asarray(row["solved"])
       reference = ok if reference is None else reference
-      d, dlo, dhi = paired_interval(ok, reference)
+      gain = paired.paired_gain(reference, ok)   # same problems as cache=none, no threshold
+      d, dlo, dhi = gain.gain, gain.low, gain.high
       print(f"| {cache} | {tau or '-'} | {row['accuracy']:.3f} | [{row['ci_low']:.3f}, "
             f"{row['ci_high']:.3f}] | {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}] | {row['nfe']:.1f} | "
             f"{seconds:.1f} |", flush=True)
