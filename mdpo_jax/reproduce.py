@@ -206,10 +206,12 @@ def _curve(seed: int, checkpoints: Path, name: str, start: dict) -> dict:
   return curves.Curve(name, tuple(points)).to_json()
 
 
-def curves_report(root: Path, results: dict[int, dict], seeds: list[int], problems: str) -> str:
-  """Per seed: the accuracy-vs-updates table and MDPO's updates to reach diffu-GRPO's best
-  (`problems` names what was evaluated, e.g. "1000 held-out problems"); writes curves.json and
-  curves.png (first seed's curves, one line per run)."""
+def curves_report(root: Path, results: dict[int, dict], seeds: list[int], problems: str,
+                  problems_each: int) -> str:
+  """Per seed, and pooled over the seeds: the accuracy-vs-updates table and MDPO's updates to
+  reach diffu-GRPO's best (`problems` names what each seed evaluated, e.g. "1000 held-out
+  problems", `problems_each` how many); writes curves.json and curves.png (first seed's curves,
+  one line per run)."""
   lines = []
   for s in seeds:
     found = {k: curves.Curve.from_json(v) for k, v in results[s].get("curves", {}).items()}
@@ -219,6 +221,12 @@ def curves_report(root: Path, results: dict[int, dict], seeds: list[int], proble
               f"({problems}).", "", curves.curve_lines(list(found.values())), ""]
     if {"MDPO", "diffu-GRPO"} <= set(found):
       lines += [_efficiency_line(curves.efficiency(found["MDPO"], found["diffu-GRPO"])), ""]
+  per_seed = [results[s].get("curves", {}) for s in seeds]
+  if len(seeds) > 1 and all({"MDPO", "diffu-GRPO"} <= set(c) for c in per_seed):
+    pooled = [curves.pool([curves.Curve.from_json(c[name]) for c in per_seed], problems_each)
+              for name in ("MDPO", "diffu-GRPO")]
+    lines += [f"Pooled over seeds {seeds} ({problems_each * len(seeds)} problems):", "",
+              curves.curve_lines(pooled), "", _efficiency_line(curves.efficiency(*pooled)), ""]
   if lines:
     (root / "curves.json").write_text(json.dumps(
         {s: results[s].get("curves", {}) for s in seeds}, indent=1))
@@ -453,7 +461,8 @@ def main(argv):
     lines += ["Gains over the SFT start on the same problems (pooled over the seeds): "
               "points, paired 95% interval (Newcombe), problems gained/lost, McNemar's exact p.",
               "", gains, ""]
-  lines += [_runs_table(results, seeds), "", curves_report(root, results, seeds, problems)]
+  lines += [_runs_table(results, seeds), "", curves_report(root, results, seeds, problems,
+                                                              _EVAL.value)]
   text = "\n".join(lines)
   (root / "table.md").write_text(text + "\n")
   print(text)

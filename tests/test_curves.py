@@ -34,6 +34,17 @@ def test_updates_to_reach_and_the_ratio():
     _curve("bad", [(20, 0.1), (0, 0.2)])
 
 
+def test_pooled_curves_count_every_seeds_problems():
+  a = _curve("MDPO", [(0, 0.20), (20, 0.25), (40, 0.30)])
+  b = _curve("MDPO", [(0, 0.10), (20, 0.15)])       # a shorter run: only the common updates
+  pooled = curves.pool([a, b], problems_each=200)
+  assert [p.update for p in pooled.points] == [0, 20]
+  # update 20: 50 + 30 of 400 problems.
+  assert pooled.points[1].accuracy == 80 / 400
+  assert (pooled.points[1].ci_low, pooled.points[1].ci_high) == evaluation.wilson_interval(80, 400)
+  assert pooled.name == "MDPO"
+
+
 def test_a_chosen_checkpoint_step_is_the_one_evaluated(tmp_path):
   c = tiny_run(countdown_tiny_mdpo.get_config())
   c.trainer = "sft"

@@ -139,21 +139,30 @@ def test_curves_report_gives_the_updates_ratio_and_writes_the_curves(tmp_path):
   results = {0: {"curves": {"MDPO": curve("MDPO", (0.20, 0.25, 0.24, 0.26)),
                             "diffu-GRPO": curve("diffu-GRPO", (0.20, 0.21, 0.24, 0.22))}},
              1: {}}
-  text = reproduce.curves_report(tmp_path, results, [0, 1], "50 held-out problems")
+  text = reproduce.curves_report(tmp_path, results, [0, 1], "50 held-out problems", 50)
   assert "Seed 0" in text and "Seed 1" not in text and "50 held-out problems" in text
   # diffu-GRPO's best (0.24) first comes at update 40; MDPO passes it at 20.
   assert "diffu-GRPO's best 0.240 at update 40; MDPO first reaches it at update 20 (ratio 2.0)" \
       in text
   saved = json.loads((tmp_path / "curves.json").read_text())
   assert saved["0"]["MDPO"] == results[0]["curves"]["MDPO"] and saved["1"] == {}
-  assert reproduce.curves_report(tmp_path, {0: {}}, [0], "x") == ""
+  assert reproduce.curves_report(tmp_path, {0: {}}, [0], "x", 50) == ""
+  assert "Pooled" not in text   # seed 1 has no curves
+  # Two seeds with curves: also pooled (100 problems), with its own ratio.
+  results[1] = {"curves": {"MDPO": curve("MDPO", (0.20, 0.22, 0.26, 0.24)),
+                           "diffu-GRPO": curve("diffu-GRPO", (0.20, 0.20, 0.22, 0.30))}}
+  text = reproduce.curves_report(tmp_path, results, [0, 1], "50 held-out problems", 50)
+  pooled = text.split("Pooled over seeds [0, 1] (100 problems):")[1]
+  # Pooled accuracies: MDPO 0.20, 0.235, 0.25, 0.25; diffu-GRPO 0.20, 0.205, 0.23, 0.26.
+  assert "| 60 | 0.250 [" in pooled and "0.260 [" in pooled
+  assert "diffu-GRPO's best 0.260 at update 60; MDPO never reaches it." in pooled
   flat = {0: {"curves": {"MDPO": curve("MDPO", (0.20, 0.19, 0.18, 0.17)),
                          "diffu-GRPO": curve("diffu-GRPO", (0.20, 0.19, 0.20, 0.18))}}}
   assert "never improved, so there is no ratio" in reproduce.curves_report(tmp_path, flat, [0],
-                                                                             "x")
+                                                                             "x", 50)
   flat[0]["curves"]["diffu-GRPO"] = curve("diffu-GRPO", (0.20, 0.21, 0.20, 0.18))
   assert "at update 20; MDPO never reaches it." in reproduce.curves_report(tmp_path, flat, [0],
-                                                                            "x")
+                                                                            "x", 50)
 
 
 def test_the_three_recipes_must_pose_one_task():

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from mdpo_jax.training.evaluation import wilson_interval
+
 
 @dataclasses.dataclass(frozen=True)
 class Point:
@@ -42,6 +44,20 @@ class Curve:
   @classmethod
   def from_json(cls, data: dict) -> "Curve":
     return cls(data["name"], tuple(Point(**p) for p in data["points"]))
+
+
+def pool(curves: Sequence[Curve], problems_each: int) -> Curve:
+  """The curves of one run on several seeds (each measured on `problems_each` problems) as one:
+  at every update all of them measured, the pooled accuracy with its Wilson interval over
+  `problems_each × len(curves)` problems."""
+  common = set.intersection(*({p.update for p in c.points} for c in curves))
+  n = problems_each * len(curves)
+  points = []
+  for u in sorted(common):
+    solved = sum(round(p.accuracy * problems_each) for c in curves for p in c.points
+                 if p.update == u)
+    points.append(Point(u, solved / n, *wilson_interval(solved, n)))
+  return Curve(curves[0].name, tuple(points))
 
 
 def updates_to_reach(curve: Curve, target: float) -> int | None:
