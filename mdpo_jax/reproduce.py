@@ -210,8 +210,8 @@ def curves_report(root: Path, results: dict[int, dict], seeds: list[int], proble
                   problems_each: int) -> str:
   """Per seed, and pooled over the seeds: the accuracy-vs-updates table and MDPO's updates to
   reach diffu-GRPO's best (`problems` names what each seed evaluated, e.g. "1000 held-out
-  problems", `problems_each` how many); writes curves.json and curves.png (first seed's curves,
-  one line per run)."""
+  problems", `problems_each` how many); writes curves.json and curves.png (the pooled curves
+  when every seed has both, else the first seed's; one line per run)."""
   lines = []
   for s in seeds:
     found = {k: curves.Curve.from_json(v) for k, v in results[s].get("curves", {}).items()}
@@ -222,18 +222,19 @@ def curves_report(root: Path, results: dict[int, dict], seeds: list[int], proble
     if {"MDPO", "diffu-GRPO"} <= set(found):
       lines += [_efficiency_line(curves.efficiency(found["MDPO"], found["diffu-GRPO"])), ""]
   per_seed = [results[s].get("curves", {}) for s in seeds]
+  drawn = [curves.Curve.from_json(v) for v in per_seed[0].values()]
+  title = f"seed {seeds[0]}: greedy accuracy vs updates"
   if len(seeds) > 1 and all({"MDPO", "diffu-GRPO"} <= set(c) for c in per_seed):
-    pooled = [curves.pool([curves.Curve.from_json(c[name]) for c in per_seed], problems_each)
-              for name in ("MDPO", "diffu-GRPO")]
+    drawn = [curves.pool([curves.Curve.from_json(c[name]) for c in per_seed], problems_each)
+             for name in ("MDPO", "diffu-GRPO")]
+    title = f"seeds {','.join(map(str, seeds))} pooled: greedy accuracy vs updates"
     lines += [f"Pooled over seeds {seeds} ({problems_each * len(seeds)} problems):", "",
-              curves.curve_lines(pooled), "", _efficiency_line(curves.efficiency(*pooled)), ""]
+              curves.curve_lines(drawn), "", _efficiency_line(curves.efficiency(*drawn)), ""]
   if lines:
     (root / "curves.json").write_text(json.dumps(
         {s: results[s].get("curves", {}) for s in seeds}, indent=1))
-    first = [curves.Curve.from_json(v) for v in results[seeds[0]].get("curves", {}).values()]
     try:
-      plots.save(plots.update_curves_figure(first, f"seed {seeds[0]}: greedy accuracy vs "
-                                            "updates"), root / "curves.png")
+      plots.save(plots.update_curves_figure(drawn, title), root / "curves.png")
     except plots.PlotError as e:
       lines.append(f"(no curves.png: {e})")
   return "\n".join(lines)
