@@ -177,6 +177,7 @@ def test_the_three_recipes_must_pose_one_task():
   # The Sudoku baseline is its MDPO recipe with only the trainer's own keys changed.
   mdpo, grpo = sudoku[1].to_dict(), sudoku[2].to_dict()
   assert grpo["trainer"] == "diffu_grpo" and grpo["rl"]["inner_iters"] == 1
+  assert grpo["rl"]["beta"] == 0.04 and mdpo["rl"]["beta"] == 0.0
   for key in ("rl", "optim", "task", "model", "data"):
     diff = {k for k in mdpo[key] if mdpo[key][k] != grpo[key][k]}
-    assert diff <= {"clip_eps", "inner_iters"}, (key, diff)
+    assert diff <= {"clip_eps", "inner_iters", "beta"}, (key, diff)
