@@ -211,7 +211,7 @@ def curves_report(root: Path, results: dict[int, dict], seeds: list[int], proble
   """Per seed, and pooled over the seeds: the accuracy-vs-updates table and MDPO's updates to
   reach diffu-GRPO's best (`problems` names what each seed evaluated, e.g. "1000 held-out
   problems", `problems_each` how many); writes curves.json and curves.png (the pooled curves
-  when every seed has both, else the first seed's; one line per run)."""
+  when every seed has both, else those of the first seed that has curves; one line per run)."""
   lines = []
   for s in seeds:
     found = {k: curves.Curve.from_json(v) for k, v in results[s].get("curves", {}).items()}
@@ -222,8 +222,9 @@ def curves_report(root: Path, results: dict[int, dict], seeds: list[int], proble
     if {"MDPO", "diffu-GRPO"} <= set(found):
       lines += [_efficiency_line(curves.efficiency(found["MDPO"], found["diffu-GRPO"])), ""]
   per_seed = [results[s].get("curves", {}) for s in seeds]
-  drawn = [curves.Curve.from_json(v) for v in per_seed[0].values()]
-  title = f"seed {seeds[0]}: greedy accuracy vs updates"
+  first = next((s for s, c in zip(seeds, per_seed) if c), seeds[0])   # first seed with curves
+  drawn = [curves.Curve.from_json(v) for v in results[first].get("curves", {}).values()]
+  title = f"seed {first}: greedy accuracy vs updates"
   if len(seeds) > 1 and all({"MDPO", "diffu-GRPO"} <= set(c) for c in per_seed):
     drawn = [curves.pool([curves.Curve.from_json(c[name]) for c in per_seed], problems_each)
              for name in ("MDPO", "diffu-GRPO")]

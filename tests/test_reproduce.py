@@ -147,6 +147,9 @@ def test_curves_report_gives_the_updates_ratio_and_writes_the_curves(tmp_path):
   saved = json.loads((tmp_path / "curves.json").read_text())
   assert saved["0"]["MDPO"] == results[0]["curves"]["MDPO"] and saved["1"] == {}
   assert reproduce.curves_report(tmp_path, {0: {}}, [0], "x", 50) == ""
+  # Only a later seed has curves: its curves are the ones reported (and drawn).
+  later = reproduce.curves_report(tmp_path, {0: {}, 1: results[0]}, [0, 1], "x", 50)
+  assert "Seed 1" in later and "Seed 0" not in later and "ratio 2.0" in later
   assert "Pooled" not in text   # seed 1 has no curves
   # Two seeds with curves: also pooled (100 problems), with its own ratio.
   results[1] = {"curves": {"MDPO": curve("MDPO", (0.20, 0.22, 0.26, 0.24)),
