@@ -9,8 +9,9 @@ Prints one row per (steps, remasking) setting: accuracy with its 95% interval an
 was right while the final answer was wrong (over-denoising). `--checkpoint` is a run's
 checkpoint folder (a LoRA run's adapters are merged into its base, rebuilt from the config saved
 with the checkpoint); `--hf_checkpoint` evaluates a Hugging Face folder instead.
-`--cfg_scales 0,0.5,1,2` runs every setting at each unsupervised-CFG weight w (one row per
-setting and w; without the flag, at `eval.cfg_scale`).
+`--split validation` scores the validation problems instead (for tuning; held-out numbers are
+the results). `--cfg_scales 0,0.5,1,2` runs every setting at each unsupervised-CFG weight w (one
+row per setting and w; without the flag, at `eval.cfg_scale`).
 
 `--likelihood` scores instead of sampling: the Monte Carlo ELBO bound on each held-out problem's
 SFT completion given its prompt (`--draws`, stratified mask counts), per completion and per token,
@@ -19,8 +20,8 @@ and the perplexity bound, for each unsupervised-CFG weight of `--cfg_scales`:
   python -m mdpo_jax.evaluate --config configs/countdown_tiny_sft.py \
       --checkpoint /tmp/countdown_sft/checkpoints --likelihood --draws 128 --cfg_scales 0,1
 
-`--plots DIR` also draws (`mdpo_jax.plots`): per setting, the trajectory of held-out problem
-`--plot_problem` exactly as it was scored (trajectory_<setting>.png); with
+`--plots DIR` also draws (`mdpo_jax.plots`): per setting, the trajectory of problem
+`--plot_problem` of the split exactly as it was scored (trajectory_<setting>.png); with
 `eval.trajectory_stats`, over_denoising.png (per step, how often x̂0_t was right, split by the
 final answer); and, when the checkpoint's run folder holds metrics.jsonl, training_curves.png.
 
@@ -60,8 +61,11 @@ _CFG_SCALES = flags.DEFINE_list("cfg_scales", ["0"], "Unsupervised CFG weights w
                                 "every eval setting at each w (not given: eval.cfg_scale).")
 _PLOTS = flags.DEFINE_string("plots", None, "Also draw PNG pictures into this folder (made if "
                              "missing): trajectories, over-denoising, training curves.")
-_PLOT_PROBLEM = flags.DEFINE_integer("plot_problem", 0, "With --plots: the held-out problem whose "
+_PLOT_PROBLEM = flags.DEFINE_integer("plot_problem", 0, "With --plots: the problem whose "
                                      "trajectory is drawn (an index in the first eval batch).")
+_SPLIT = flags.DEFINE_enum("split", "held_out", ["held_out", "validation"],
+                           "The problems scored: held_out (results) or validation (from the "
+                           "training distribution, disjoint from both: what tuning may look at).")
 
 
 def _check_paths(checkpoint: str | None, hf_checkpoint: str | None, output: str | None) -> None:
@@ -97,7 +101,7 @@ def _draw(folder: str, rows: list[dict], model: evaluation.LoadedModel, problem:
   """The --plots pictures; prints each file's path."""
   out = Path(folder)
   out.mkdir(parents=True, exist_ok=True)
-  problems = model.problems()
+  problems = model.problems(_SPLIT.value)
   written = []
   for setting in evaluation.settings_from_config(model.config.eval):
     tokens, traj, p = evaluation.first_batch_trajectory(model, problems, setting)
@@ -105,7 +109,7 @@ def _draw(folder: str, rows: list[dict], model: evaluation.LoadedModel, problem:
     answer = decode_completions(model.tokenizer, tokens[problem:problem + 1, p:], stops)[0]
     right = model.task.reward(answer, problems[problem]) >= 1
     prompt = " ".join(model.task.prompt(problems[problem]).split())
-    title = (f"held-out problem {problem}: {prompt} → {answer} "
+    title = (f"{_split_words()} problem {problem}: {prompt} → {answer} "
              f"({'right' if right else 'wrong'}); {setting.name}")
     name = setting.name.replace("/", "_").replace("=", "")
     written += plots.write_trajectories(str(out / f"trajectory_{name}.png"), traj, tokens, p,
@@ -156,6 +160,11 @@ def _sweep(model: evaluation.LoadedModel, scales: list[float] | None):
           for s in evaluation.settings_from_config(model.config.eval)]
 
 
+def _split_words() -> str:
+  """--split as the tables' headers say it (held-out, validation)."""
+  return _SPLIT.value.replace("_", "-")
+
+
 def _report(header: str, table: str, rows: list[dict]) -> None:
   """Print the header and table on the first process; --output gets the rows as JSON."""
   if jax.process_index() != 0:
@@ -168,10 +177,10 @@ def _report(header: str, table: str, rows: list[dict]) -> None:
 
 
 def _likelihood(model: evaluation.LoadedModel, scales: list[float]) -> None:
-  problems = model.problems()
+  problems = model.problems(_SPLIT.value)
   rows = likelihood.evaluate(model, problems, num_draws=_DRAWS.value, cfg_scales=scales)
-  _report(f"{len(problems)} held-out problems, seed {model.config.seed}: ELBO bound on the SFT "
-          f"completion (answer + EOS padding to data.seq_len={model.config.data.seq_len})",
+  _report(f"{len(problems)} {_split_words()} problems, seed {model.config.seed}: ELBO bound on "
+          f"the SFT completion (answer + EOS padding to data.seq_len={model.config.data.seq_len})",
           likelihood.markdown_table(rows), rows)
 
 
@@ -189,11 +198,13 @@ def main(argv):
                                        hf_checkpoint=_HF.value)
     if _LIKELIHOOD.value:
       return _likelihood(model, scales)
-    rows, n = evaluation.evaluate_checkpoint(config, model=model, settings=_sweep(model, sweep))
+    rows, n = evaluation.evaluate_checkpoint(config, model=model, settings=_sweep(model, sweep),
+                                             split=_SPLIT.value)
   except (ValueError, FileNotFoundError) as e:   # config, file and prompt errors: one line
     raise app.UsageError(str(e)) from e
-  _report(f"{n} held-out problems, seed {config.seed}, gen_length {config.eval.gen_length}, "
-          f"block_length {config.eval.block_length}", evaluation.markdown_table(rows), rows)
+  _report(f"{n} {_split_words()} problems, seed {config.seed}, "
+          f"gen_length {config.eval.gen_length}, block_length {config.eval.block_length}",
+          evaluation.markdown_table(rows), rows)
   if _PLOTS.value and jax.process_index() == 0:
     _draw(_PLOTS.value, rows, model, _PLOT_PROBLEM.value)
 

@@ -98,26 +98,31 @@ def test_eval_cfg_scale_is_validated_and_reaches_every_setting():
   assert table.splitlines()[0].endswith("| CFG w |") and table.endswith("| 1.5 |")
 
 
-def test_evaluate_cli_sweeps_cfg_scales(tmp_path):
-  """One CLI run with --cfg_scales 0,1: a row per weight, each equal to the in-process
-  evaluation of that setting; the w = 0 row equals the run's plain (unguided) evaluation."""
-  c = _config(**{"train.num_steps": 2, "train.checkpoint_every": 2, "optim.warmup_steps": 1})
+def test_evaluate_cli_sweeps_cfg_scales_on_the_chosen_split(tmp_path):
+  """One CLI run with --cfg_scales 0,1 --split validation: a row per weight, each equal to the
+  in-process evaluation of that setting on the validation problems (5 of them, where held-out has
+  8, so a CLI that ignored --split would score the wrong count); the w = 0 row equals the run's
+  plain (unguided) evaluation."""
+  c = _config(**{"train.num_steps": 2, "train.checkpoint_every": 2, "optim.warmup_steps": 1,
+                 "task.val_size": 5})
   sft_loop.train(c, tmp_path)
   flags_ = [f"--config.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
-            for k, v in TINY.items()]
+            for k, v in {**TINY, "task.val_size": 5}.items()]
   env = cli_env()
   out = tmp_path / "rows.json"
   res = subprocess.run([sys.executable, "-m", "mdpo_jax.evaluate", "--config", "configs/base.py",
                         "--checkpoint", str(tmp_path / "checkpoints"), "--output", str(out),
-                        "--cfg_scales", "0,1", *flags_],
+                        "--cfg_scales", "0,1", "--split", "validation", *flags_],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
   assert res.returncode == 0, res.stderr[-2000:]
   rows = json.loads(out.read_text())
-  assert [(r["setting"], r["cfg_scale"]) for r in rows] == [
-      ("low_confidence/steps=4/T=0", 0.0), ("low_confidence/steps=4/T=0/cfg=1", 1.0)]
+  assert [(r["setting"], r["cfg_scale"], r["n"]) for r in rows] == [
+      ("low_confidence/steps=4/T=0", 0.0, 5), ("low_confidence/steps=4/T=0/cfg=1", 1.0, 5)]
   model = evaluation.load_checkpoint(c, checkpoint=str(tmp_path / "checkpoints"))
-  plain, _ = evaluation.evaluate_checkpoint(c, model=model)
+  plain, _ = evaluation.evaluate_checkpoint(c, model=model, split="validation")
   guided, _ = evaluation.evaluate_checkpoint(
-      c, model=model, settings=[evaluation.Setting(4, "low_confidence", cfg_scale=1.0)])
+      c, model=model, split="validation",
+      settings=[evaluation.Setting(4, "low_confidence", cfg_scale=1.0)])
   assert rows == json.loads(json.dumps(plain + guided))
+  assert res.stdout.startswith("5 validation problems")
   assert "| CFG w |" in res.stdout and res.stdout.rstrip().endswith("| 1 |")
