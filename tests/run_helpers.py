@@ -45,11 +45,18 @@ def use_reward(monkeypatch, reward):
   return build
 
 
+def fast_compile_flags() -> str:
+  """The suite's XLA_FLAGS (set by conftest) without its virtual device count: the fast-compile
+  flags alone, for child processes that choose their own device count."""
+  return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                  if not f.startswith("--xla_force_host_platform_device_count"))
+
+
 def cli_env() -> dict:
   """The environment of a command-line child process: as a user's shell on a CPU (one device,
-  no test-only device count) with the suite's fast-compile flag (see conftest)."""
+  no test-only device count) with the suite's fast-compile flags (see conftest)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+  env["XLA_FLAGS"] = fast_compile_flags()
   return env
 
 

@@ -98,11 +98,16 @@ def test_the_likelihood_is_a_distribution_over_completions():
   np.testing.assert_allclose(np.exp(-nll).sum(), 1.0, rtol=1e-5)
 
 
+# One compiled full forward per length (op-by-op dispatch compiled every op at every length);
+# module level, so the second parametrisation reuses the first's programs.
+_full_forward = jax.jit(llada.forward, static_argnums=0)
+
+
 def _naive_greedy(cfg, params, prompt, gen):
   x = np.asarray(prompt)
   for _ in range(gen):
     # The causal network's raw last row (before the family's shift) predicts the next token.
-    logits = np.array(llada.forward(cfg, params, jnp.asarray(x)))[:, -1]
+    logits = np.array(_full_forward(cfg, params, jnp.asarray(x)))[:, -1]
     logits[:, cfg.mask_token_id] = -np.inf
     x = np.concatenate([x, logits.argmax(-1)[:, None]], axis=1)
   return x

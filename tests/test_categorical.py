@@ -183,11 +183,13 @@ def test_noise_ks_against_gumbel_cdf():
   i = np.arange(1, n + 1)
   ks = max(np.max(i / n - cdf), np.max(cdf - (i - 1) / n))
   assert ks < 1.949 / math.sqrt(n), ks  # scipy.stats.kstwo.ppf(0.999, 1e6) * sqrt(n) = 1.949
-  # The public function is exactly the word map whose law the exact-tail test computes.
+  # The public function is exactly the word map whose law the exact-tail test computes. Both
+  # sides run op by op: XLA's classic CPU emitters (conftest) may round a log inside a fusion 1
+  # ulp away from the same log alone, which says nothing about this code.
   key = jax.random.key(2)
   words_2xN = jax.random.bits(key, (2, 4096), jnp.uint32)
   np.testing.assert_array_equal(np.asarray(gumbel_noise(key, (4096,))),
-                                np.asarray(_word_map(words_2xN[0], words_2xN[1])))
+                                np.asarray(cat._gumbel_from_words(words_2xN[0], words_2xN[1])))
   # dtype argument: computed in float32, cast at the end.
   g_bf16 = gumbel_noise(jax.random.key(1), (4, 3), jnp.bfloat16)
   assert g_bf16.dtype == jnp.bfloat16 and g_bf16.shape == (4, 3)

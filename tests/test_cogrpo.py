@@ -118,6 +118,7 @@ def test_schedule_gradient_matches_finite_differences(rollout):
     rows64 = {k: jnp.asarray(v, jnp.float64) if v.dtype == np.float32 else v
               for k, v in rows.items()}
 
+    @jax.jit   # one program for the ~60 evaluations below (op by op, each op compiles anew)
     def loss(p):
       return cogrpo.cogrpo_loss(None, None, p, rows64, spec=spec, mode="schedule_only",
                                 config=config, clip_eps=0.2)[0]
@@ -186,6 +187,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
   c = tiny_run(countdown_tiny_cogrpo.get_config())
   c.rl.prompts_per_update, c.rl.group_size, c.rl.micro_batch, c.rl.inner_iters = 2, 4, 8, 2
   c.rl.gen_length, c.rl.block_lengths, c.rl.steps, c.rl.beta = 12, (12,), 3, 0.0
+  c.task.eval_size = 0   # no end-of-run evaluation (3 of them): this test is about resuming
   c.rl.num_updates = 2
   rl_loop.train(c, tmp_path / "straight")
   c.rl.num_updates = 1

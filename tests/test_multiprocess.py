@@ -14,6 +14,7 @@ import numpy as np
 
 from mdpo_jax.models import llada
 from mdpo_jax.training import checkpoint, metrics, setup, sft_loop
+from run_helpers import fast_compile_flags
 
 TESTS = Path(__file__).parent
 CONFIG = f"""
@@ -54,7 +55,7 @@ def test_two_processes_train_exactly_as_one(tmp_path):
   procs = []
   for pid in range(2):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4 "
-               "--xla_backend_optimization_level=0",
+               + fast_compile_flags(),
                JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid),
                JAX_DEFAULT_MATMUL_PRECISION="highest")

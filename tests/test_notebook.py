@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
+from run_helpers import fast_compile_flags
+
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "quickstart.ipynb"
 
 
@@ -36,7 +38,7 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
   # One CPU device, as on a laptop or a Colab CPU runtime; XLA's cheaper CPU compilation, since
   # compiling (~12 s of default optimisation) is nearly all this run's time and the tiny
   # programs run in microseconds either way.
-  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  env["XLA_FLAGS"] = fast_compile_flags() + " --xla_llvm_disable_expensive_passes=true"
   NotebookClient(nb, timeout=240, kernel_name="python3",
                  resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute(env=env)
   errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
