@@ -49,6 +49,7 @@ def test_a_chosen_checkpoint_step_is_the_one_evaluated(tmp_path):
   c = tiny_run(countdown_tiny_mdpo.get_config())
   c.trainer = "sft"
   c.train.num_steps, c.train.checkpoint_every, c.train.keep_checkpoints = 4, 2, 3
+  c.task.eval_size = 0   # no end-of-run evaluation: this is about which checkpoint is read
   sft_loop.train(c, tmp_path)
   ckpts = tmp_path / "checkpoints"
   assert checkpoint.saved_steps(ckpts) == [2, 4]

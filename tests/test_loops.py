@@ -31,6 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:qwix.*")
 def _tiny(c):
   c = tiny_run(c)
   c.train.log_every = 1
+  c.task.eval_size = 0   # no end-of-run evaluation: the references are of the training only
   return c
 
 

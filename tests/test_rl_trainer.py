@@ -97,6 +97,7 @@ def sft_checkpoint(tmp_path_factory):
   c.trainer = "sft"
   c.train.num_steps = 3
   c.train.checkpoint_every = 3
+  c.task.eval_size = 0   # no end-of-run evaluation: the RL runs below only start from its params
   sft_loop.train(c, workdir)
   return str(workdir / "checkpoints")
 
@@ -167,6 +168,7 @@ def test_lora_rl_starts_as_full_fine_tune_and_trains_only_adapters(tmp_path, sft
   c.model.init_checkpoint = sft_checkpoint
   c.rl.beta, c.rl.inner_iters, c.rl.num_updates = 0.04, 1, 1
   c.optim.lr = 1e-3
+  c.task.eval_size = 0   # no end-of-run evaluations: this is about the updates and the params
   full = rl_loop.train(c, tmp_path / "full")
   assert "adapters" not in full
   c.model.lora_rank, c.model.lora_alpha, c.model.lora_targets = 4, 8.0, "q_proj,v_proj,ff_out"
