@@ -167,14 +167,20 @@ def test_curves_report_gives_the_updates_ratio_and_writes_the_curves(tmp_path):
 
 
 def test_the_three_recipes_must_pose_one_task():
-  from configs import countdown_tiny_mdpo, sudoku_tiny_diffu_grpo, sudoku_tiny_mdpo, sudoku_tiny_sft
+  from configs import (countdown_tiny_diffu_grpo, countdown_tiny_mdpo, sudoku_tiny_diffu_grpo,
+                       sudoku_tiny_mdpo, sudoku_tiny_sft)
   sudoku = (sudoku_tiny_sft.get_config(), sudoku_tiny_mdpo.get_config(),
             sudoku_tiny_diffu_grpo.get_config())
-  reproduce.check_task(*sudoku)
+  reproduce.check_task(*sudoku, ["mdpo", "diffu_grpo"])
   assert "Sudoku, 6–10 empty cells" in reproduce.task_line(sudoku[0])
   assert "Countdown, 3 numbers in 1–20" in reproduce.task_line(countdown_tiny_sft.get_config())
   with pytest.raises(ValueError, match=r"different tasks \['sudoku', 'countdown', 'sudoku'\]"):
-    reproduce.check_task(sudoku[0], countdown_tiny_mdpo.get_config(), sudoku[2])
+    reproduce.check_task(sudoku[0], countdown_tiny_mdpo.get_config(), sudoku[2], ["mdpo"])
+  # diffu-GRPO's recipe is checked only when that phase runs.
+  countdown_grpo = countdown_tiny_diffu_grpo.get_config()
+  reproduce.check_task(sudoku[0], sudoku[1], countdown_grpo, ["mdpo", "control"])
+  with pytest.raises(ValueError, match=r"different tasks \['sudoku', 'sudoku', 'countdown'\]"):
+    reproduce.check_task(sudoku[0], sudoku[1], countdown_grpo, ["mdpo", "diffu_grpo"])
   # The Sudoku baseline is its MDPO recipe with only the trainer's own keys changed.
   mdpo, grpo = sudoku[1].to_dict(), sudoku[2].to_dict()
   assert grpo["trainer"] == "diffu_grpo" and grpo["rl"]["inner_iters"] == 1
