@@ -343,7 +343,8 @@ def gains_table(results: dict[int, dict], seeds: list[int]) -> str:
 
 def _settings_line(mdpo, grpo, phases: list[str]) -> str:
   parts = [f"MDPO: {mdpo.rl.num_updates} updates, {mdpo.rl.prompts_per_update} prompts × G="
-           f"{mdpo.rl.group_size}, top-{mdpo.rl.top_k} steps, T={mdpo.rl.temperature}, lr "
+           f"{mdpo.rl.group_size}, rollouts of {mdpo.rl.gen_length} tokens in {mdpo.rl.steps} steps "
+           f"({mdpo.rl.remasking}), top-{mdpo.rl.top_k} steps, T={mdpo.rl.temperature}, lr "
            f"{mdpo.optim.lr}, prompts from {mdpo.rl.prompt_source}"]
   if "diffu_grpo" in phases:
     parts.append(f"diffu-GRPO: {grpo.rl.num_updates} rollout batches × {grpo.rl.inner_iters} "

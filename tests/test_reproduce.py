@@ -188,3 +188,12 @@ def test_the_three_recipes_must_pose_one_task():
   for key in ("rl", "optim", "task", "model", "data"):
     diff = {k for k in mdpo[key] if mdpo[key][k] != grpo[key][k]}
     assert diff <= {"clip_eps", "inner_iters", "beta"}, (key, diff)
+
+
+def test_the_settings_line_names_the_rollout_sampler():
+  """A table from MDPO trained with another sampler must say so (e.g. RCR at 2 tokens/step)."""
+  from configs import countdown_tiny_diffu_grpo, countdown_tiny_mdpo
+  mdpo = countdown_tiny_mdpo.get_config()
+  mdpo.rl.steps, mdpo.rl.remasking, mdpo.rl.gen_length = 12, "rcr", 24
+  line = reproduce._settings_line(mdpo, countdown_tiny_diffu_grpo.get_config(), ["mdpo"])
+  assert "rollouts of 24 tokens in 12 steps (rcr)" in line and "diffu-GRPO" not in line
